@@ -1,0 +1,1 @@
+"""Fixtures that build tiny model families (owned by the merge engine's tests)."""
