@@ -595,7 +595,9 @@ class _Validator:
                     )
         self.check_required(recipe)
 
-    def check_param(self, method: MethodSpec, name: str, value: Any, field: str, scope: str) -> None:
+    def check_param(
+        self, method: MethodSpec, name: str, value: Any, field: str, scope: str
+    ) -> None:
         spec = method.param(name)
         if spec is None:
             close = difflib.get_close_matches(name, method.param_names, n=1)
@@ -603,8 +605,7 @@ class _Validator:
             accepted = ", ".join(method.param_names) or "none"
             raise self.fail(
                 field,
-                f"unknown parameter {name!r} for merge method {method.name} "
-                f"(it takes: {accepted})",
+                f"unknown parameter {name!r} for merge method {method.name} (it takes: {accepted})",
                 hint,
             )
         if scope == "model" and spec in method.global_params:
@@ -624,7 +625,9 @@ class _Validator:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(field, f"must be a number (got {value!r})")
         if spec.low is not None and spec.high is not None and not spec.low <= value <= spec.high:
-            raise self.fail(field, f"must be between {spec.low:g} and {spec.high:g} (got {value!r})")
+            raise self.fail(
+                field, f"must be between {spec.low:g} and {spec.high:g} (got {value!r})"
+            )
 
     def check_required(self, recipe: Recipe) -> None:
         method = recipe.method

@@ -94,4 +94,3 @@ def _isolated_hf_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     monkeypatch.setattr(hub_constants, "HF_TOKEN_PATH", str(home / "token"))
     monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_XET", True)
     yield
-
