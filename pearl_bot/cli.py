@@ -182,10 +182,12 @@ def _print_report(report: Report, as_json: bool) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from pearl_bot.lock import check_upstreams
     from pearl_bot.recipe import load_recipe
 
-    report = check_upstreams(load_recipe(args.recipe))
+    recipe = load_recipe(args.recipe)
+    from pearl_bot.lock import check_upstreams
+
+    report = check_upstreams(recipe)
     _print_report(report, args.json)
     return 0
 

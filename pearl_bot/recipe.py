@@ -448,8 +448,8 @@ class _Validator:
             models=tuple(models),
             parameters={**self.data.parameters, **slice_params},
         )
-        self.check_parameters(recipe, slice_params)
         self.check_method_shape(recipe)
+        self.check_parameters(recipe, slice_params)
         return recipe
 
     def method(self) -> MethodSpec:

@@ -1,0 +1,65 @@
+"""The command line: help everywhere, known errors as one line and exit code 1."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pearl_bot.cli import DEBUG_ENV, main
+
+SUBCOMMANDS = ["check", "merge", "card", "publish", "run", "demo"]
+
+
+@pytest.mark.parametrize("script", ["pearl-bot", "hf-pearl"])
+def test_console_scripts_show_help(script: str) -> None:
+    exe = shutil.which(script)
+    assert exe is not None, f"{script} is installed as a console script"
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    for name in SUBCOMMANDS:
+        assert name in out
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_every_subcommand_has_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([name, "--help"])
+    assert info.value.code == 0
+    assert f"usage: pearl-bot {name}" in capsys.readouterr().out
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "pearl_bot", "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.startswith("pearl-bot ")
+
+
+def test_known_error_is_one_line_and_exit_code_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    recipe = tmp_path / "recipe.yml"
+    recipe.write_text("models: []\nmerge_method: ties\n")
+    assert main(["check", str(recipe)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "models: must list at least one model" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_debug_variable_shows_the_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    assert main(["check", str(tmp_path / "missing.yml")]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["merge", "recipe.yml"])
+    assert info.value.code == 2
+    assert "--out" in capsys.readouterr().err
