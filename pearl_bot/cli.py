@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except PearlBotError as err:
         if os.environ.get(DEBUG_ENV):
-            logger.exception("pearl-bot failed")
+            traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
