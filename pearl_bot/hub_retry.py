@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import httpx2
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from huggingface_hub.utils._http import parse_ratelimit_headers
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,8 @@ def requested_wait(err: BaseException) -> float | None:
 
 def describe(err: BaseException) -> str:
     """A short account of a Hub failure: `429 Too Many Requests (retry after 60 s)`."""
+    if isinstance(err, LocalEntryNotFoundError) and err.__cause__ is not None:
+        err = err.__cause__  # hf_hub_download hides a failed HEAD call behind this error
     status = status_of(err)
     if status is None:
         return f"{type(err).__name__}: {err}".splitlines()[0]

@@ -26,9 +26,9 @@ import httpx2
 from huggingface_hub import HfApi
 from huggingface_hub.community import DiscussionComment, DiscussionWithDetails
 from huggingface_hub.errors import (
-    EntryNotFoundError,
     HfHubHTTPError,
     LocalTokenNotFoundError,
+    RemoteEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -285,7 +285,7 @@ def read_lock_at(api: HfApi, repo_id: str, revision: str) -> Lock | None:
     """The lock published in `repo_id` at commit `revision`; None when absent or unreadable."""
     try:
         path = api.hf_hub_download(repo_id, LOCK_FILENAME, revision=revision)
-    except EntryNotFoundError:
+    except RemoteEntryNotFoundError:  # not LocalEntryNotFoundError: that one hides a 5xx
         return None
     except (HfHubHTTPError, httpx2.TransportError, OSError) as err:
         raise _target_error(err, repo_id, f"read {LOCK_FILENAME} at {revision[:12]}") from err

@@ -16,16 +16,17 @@ import fnmatch
 import hashlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
 import httpx2
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import (
-    EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RemoteEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -134,6 +135,8 @@ def upstream_error(
     """Turn a Hub failure about upstream `repo_id` into a distinct, actionable `UpstreamError`."""
     where = f"`{field}` in the recipe" if field else "the recipe"
     url = f"{constants.ENDPOINT}/{repo_id}"
+    if isinstance(err, LocalEntryNotFoundError) and err.__cause__ is not None:
+        err = err.__cause__  # hf_hub_download wraps a failed HEAD call (5xx, lost connection)
     # GatedRepoError subclasses RepositoryNotFoundError, so it must be matched first.
     if isinstance(err, GatedRepoError):
         message = f"upstream {repo_id!r} is gated and the token has no access to it"
@@ -144,7 +147,7 @@ def upstream_error(
     elif isinstance(err, RevisionNotFoundError):
         message = f"upstream {repo_id!r} has no revision {revision!r} (deleted branch or tag?)"
         hint = f"update {where} to an existing branch, tag or commit sha"
-    elif isinstance(err, EntryNotFoundError):
+    elif isinstance(err, RemoteEntryNotFoundError):
         message = f"upstream {repo_id!r} at {revision} lacks a file the merge needs ({err})"
         hint = f"check the repo's files at {url}/tree/{revision}"
     elif status_of(err) is None:
@@ -187,6 +190,11 @@ def local_revision(folder: Path, *, key: str | None = None) -> str:
             f"local upstream {key or str(folder)!r} holds no model files ({folder})",
             hint="it needs config.json and *.safetensors (or pytorch_model*.bin) weights",
         )
+    return content_revision(files)
+
+
+def content_revision(files: Sequence[LockedFile]) -> str:
+    """`sha256:<hex>` over the names, sizes and sha256 of `files` (in the given order)."""
     digest = hashlib.sha256()
     for item in files:
         digest.update(f"{item.path}\0{item.size}\0{item.sha256}\n".encode())
