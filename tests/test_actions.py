@@ -12,6 +12,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -508,6 +510,20 @@ def test_unreadable_event_payload_is_an_input_error(job: Job) -> None:
     assert actions.main([], run_fn=FakeRun(released_report())) == 1
 
     assert "cannot read the event payload at GITHUB_EVENT_PATH" in job.summary()
+
+
+def test_module_entry_point_runs_as_action_yml_calls_it(job: Job) -> None:
+    job.inputs(recipe="missing.yml", hf_token=TOKEN)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pearl_bot.actions"], capture_output=True, text=True, timeout=60
+    )
+
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"::add-mask ::{TOKEN}"
+    assert "::error title=pearl-bot%3A recipe failed::missing.yml: recipe file not found" in lines
+    assert job.outputs()["status"] == "failed"
 
 
 # --------------------------------------------------------------------------------------------
