@@ -412,7 +412,7 @@ def _command_scores(
     scores: list[Score] = []
     for path in run.results:
         scores += read_lm_eval(path, model=merged)
-    return [_with_source(s, f"scores.command: {Path(run.argv[0]).name}") for s in scores]
+    return [_with_source(s, f"scores.command: {recipe.scores.command}") for s in scores]
 
 
 def _with_source(score: Score, source: str) -> Score:
