@@ -244,7 +244,8 @@ def read_published_lock(
     api = api or HfApi(token=token)
     head = branch_head(api, repo_id, revision)
     if head is None:
-        return PublishedState(repo_id=repo_id, revision=revision, exists=_repo_exists(api, repo_id))
+        exists = revision != "main" and branch_head(api, repo_id, "main") is not None
+        return PublishedState(repo_id=repo_id, revision=revision, exists=exists)
     lock = read_lock_at(api, repo_id, head)
     state = PublishedState(repo_id=repo_id, revision=revision, exists=True, head=head, lock=lock)
     pr = find_bot_pr(api, repo_id, revision)
@@ -275,10 +276,6 @@ def branch_head(api: HfApi, repo_id: str, revision: str) -> str | None:
     if info.id != repo_id:
         logger.warning("target %s now redirects to %s; update publish.repo_id", repo_id, info.id)
     return info.sha
-
-
-def _repo_exists(api: HfApi, repo_id: str) -> bool:
-    return branch_head(api, repo_id, "main") is not None or api.repo_exists(repo_id)
 
 
 def read_lock_at(api: HfApi, repo_id: str, revision: str) -> Lock | None:
