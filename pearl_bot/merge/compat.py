@@ -1,0 +1,169 @@
+"""The `mergekit` numeric mode: mergekit 0.1.5's working dtype and operation order, on CPU.
+
+Whole tensors are processed in the recipe's working dtype (`dtype`, else the promoted storage
+dtype). The trim takes the first k indices of a descending argsort of |delta|. mergekit sorts
+one model at a time on a float32 key; here every model's key of a tensor is sorted in one
+batched argsort (its rows run in parallel) on the integer bit pattern of |delta|, which orders
+exactly like the magnitude and gives the same permutation. Linear and SLERP upcast to float32
+like mergekit, including SLERP's chunked norms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from pearl_bot.merge.precise import GtaOptions, keep_count
+
+#: mergekit's SLERP bounds its float32 scratch to chunks of this many elements.
+SLERP_CHUNK = 1024 * 1024
+_INT_KEYS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
+
+
+def sort_keys(magnitudes: torch.Tensor) -> torch.Tensor:
+    """Integer keys ordered like the (non-negative) magnitudes; float32 for other dtypes."""
+    key_dtype = _INT_KEYS.get(magnitudes.dtype)
+    if key_dtype is None:
+        return magnitudes.float()
+    return magnitudes.view(key_dtype)
+
+
+def trim_batched(deltas: torch.Tensor, densities: Sequence[float], rows: int) -> None:
+    """Magnitude-trim each row of `deltas` ([N, ...]) in place, `rows` models per argsort."""
+    flat = deltas.reshape(len(densities), -1)
+    n = flat.shape[1]
+    for k, density in enumerate(densities):
+        if density <= 0 or n == 0:
+            flat[k].zero_()
+    todo = [k for k, d in enumerate(densities) if 0 < d < 1 and n > 0]
+    for group in (todo[i : i + rows] for i in range(0, len(todo), rows)):
+        order = torch.argsort(sort_keys(flat[group].abs()), dim=1, descending=True)
+        for row, k in enumerate(group):
+            mask = torch.zeros(n, dtype=flat.dtype)
+            mask[order[row, : keep_count(densities[k], n)]] = 1
+            flat[k] = flat[k] * mask
+        del order
+
+
+def drop_random(
+    delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """DARE's Bernoulli drop in the working dtype (float16 drawn in float32, as on CPU)."""
+    if density >= 1:
+        return delta
+    work = delta.dtype if delta.dtype == torch.bfloat16 else torch.float32
+    mask = torch.bernoulli(torch.full_like(delta, density, dtype=work), generator=generator)
+    work_delta = delta.to(work)
+    kept = work_delta * mask
+    if rescale:
+        before, after = work_delta.abs().sum(), kept.abs().sum()
+        if not (before < 1e-7 or after < 1e-7):
+            kept = kept * (before / after)
+    return kept.to(delta.dtype)
+
+
+def merge_gta(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    options: GtaOptions,
+    generators: Callable[[int], torch.Generator],
+    int8_mask: bool,
+) -> torch.Tensor:
+    """TIES, DARE-TIES and task arithmetic exactly as mergekit 0.1.5 computes them."""
+    if not tensors:
+        return base
+    deltas = base.new_empty((len(tensors), *base.shape))
+    for k, tensor in enumerate(tensors):
+        deltas[k] = tensor - base
+    if options.sparsify == "magnitude":
+        trim_batched(deltas, densities, max(1, torch.get_num_threads()))
+    elif options.sparsify == "random":
+        for k, density in enumerate(densities):
+            deltas[k] = drop_random(deltas[k], density, options.rescale, generators(k))
+    w = torch.tensor(list(weights), dtype=deltas.dtype).reshape(-1, *([1] * base.dim()))
+    deltas.mul_(w)
+    mixed, divisor = _combine(deltas, w, options.consensus, int8_mask, base.dtype)
+    if options.normalize:
+        mixed /= divisor
+    if options.lambda_ != 1:
+        mixed *= options.lambda_
+    return (base + mixed).to(base.dtype)
+
+
+def _combine(
+    deltas: torch.Tensor,
+    w: torch.Tensor,
+    consensus: bool,
+    int8_mask: bool,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elect sign + disjoint sum (consensus) or a plain sum, and the matching divisor."""
+    if not consensus:
+        divisor = w.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1
+        return deltas.sum(dim=0), divisor
+    mask_dtype = torch.int8 if int8_mask else dtype
+    signs = deltas.sign().to(mask_dtype)
+    majority = (deltas.sum(dim=0) >= 0).to(mask_dtype) * 2 - 1
+    agree = signs == majority
+    del signs
+    mixed = (deltas * agree).sum(dim=0)
+    divisor = (w * agree).sum(dim=0)
+    divisor[divisor == 0] = 1
+    return mixed, divisor
+
+
+def merge_linear(
+    tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool
+) -> torch.Tensor:
+    """Weighted average accumulated in float32 (float64 for float64 inputs)."""
+    first = tensors[0]
+    acc_dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+    coeffs = torch.tensor([list(weights)], dtype=acc_dtype)
+    shape = (1,) * first.dim()
+    result = torch.zeros_like(first, dtype=acc_dtype)
+    for tensor, coeff in zip(tensors, coeffs.unbind(1), strict=True):
+        result.addcmul_(tensor, coeff.reshape(shape))
+    if normalize:
+        result.div_(coeffs.sum(dim=1).reshape(shape))
+    return result.to(first.dtype)
+
+
+def merge_slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """SLERP of the flattened tensors with mergekit's chunked float32 norms and dot."""
+    acc_dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+    x_all, y_all = a.reshape(1, -1), b.reshape(1, -1)
+    tt = torch.tensor([[t]], dtype=acc_dtype)
+    if not x_all.shape[1]:
+        return ((1 - tt) * x_all + tt * y_all).reshape(a.shape).to(a.dtype)
+    spans = [(s, s + SLERP_CHUNK) for s in range(0, x_all.shape[1], SLERP_CHUNK)]
+    norm_a = _chunked_norm(x_all, spans, acc_dtype)
+    norm_b = _chunked_norm(y_all, spans, acc_dtype)
+    dots = [
+        ((x_all[:, s:e].to(acc_dtype) / norm_a) * (y_all[:, s:e].to(acc_dtype) / norm_b)).sum(
+            dim=1, keepdim=True
+        )
+        for s, e in spans
+    ]
+    dot = torch.stack(dots).sum(dim=0).clamp(-1, 1)
+    linear = dot.abs() > 0.9995
+    theta = torch.acos(torch.where(linear, 0, dot))
+    sin_theta = torch.sin(theta)
+    coef_a = torch.where(linear, 1 - tt, torch.sin((1 - tt) * theta) / sin_theta)
+    coef_b = torch.where(linear, tt, torch.sin(tt * theta) / sin_theta)
+    result = torch.empty_like(x_all)
+    for s, e in spans:
+        x, y = x_all[:, s:e].to(acc_dtype), y_all[:, s:e].to(acc_dtype)
+        result[:, s:e] = coef_a * x + coef_b * y
+    return result.reshape(a.shape)
+
+
+def _chunked_norm(
+    x: torch.Tensor, spans: list[tuple[int, int]], dtype: torch.dtype
+) -> torch.Tensor:
+    parts = [torch.linalg.vector_norm(x[:, s:e].to(dtype), dim=1, keepdim=True) for s, e in spans]
+    norm = torch.linalg.vector_norm(torch.stack(parts), dim=0)
+    return torch.where(norm > 1e-8, norm, 1)
