@@ -553,3 +553,126 @@ def test_reset_forgets_everything(local_hub: LocalHub, seeded: str) -> None:
 
     assert local_hub.requests == [] and local_hub.user_for("Bearer t") == "user-t"
     assert httpx2.get(f"{local_hub.url}/api/models/{REPO}").status_code == 401
+
+
+# -- more of the protocol --------------------------------------------------------------------------
+
+
+def test_validate_yaml_answers_json_both_ways(local_hub: LocalHub) -> None:
+    good = ModelCard(README)
+    bad = ModelCard("---\nbase_model: org/a\nbase_model_relation: blend\n---\ntext")
+
+    good.validate()
+    with pytest.raises(ValueError, match="base_model_relation"):
+        bad.validate()
+    assert [r.status for r in local_hub.requests] == [200, 400]
+
+
+def test_pr_against_parent_commit_and_pr_ref_reads(
+    local_hub: LocalHub, hub_api: HfApi, seeded: str, tmp_path: Path
+) -> None:
+    moved = local_hub.commit(REPO, {"later.txt": "x"})
+
+    info = hub_api.create_commit(
+        REPO,
+        [CommitOperationAdd("pr.txt", b"p")],
+        commit_message="pr",
+        create_pr=True,
+        parent_commit=seeded,
+    )
+
+    assert local_hub.list_commits(REPO, "refs/pr/1")[1]["id"] == seeded
+    assert [c.commit_id for c in hub_api.list_repo_commits(REPO, revision="refs/pr/1")][:2] == [
+        info.oid,
+        seeded,
+    ]
+    pr_file = hf_hub_download(REPO, "pr.txt", revision="refs/pr/1", cache_dir=tmp_path)
+    assert Path(pr_file).read_text() == "p" and local_hub.head(REPO) == moved
+
+
+def test_merge_conflict_is_409(local_hub: LocalHub, hub_api: HfApi, seeded: str) -> None:
+    num = local_hub.open_pull_request(REPO, "conflicting")
+    local_hub.commit(REPO, {"config.json": "pr"}, branch=f"refs/pr/{num}")
+    local_hub.commit(REPO, {"config.json": "main"})
+
+    with pytest.raises(HfHubHTTPError) as caught:
+        hub_api.merge_pull_request(REPO, num)
+
+    assert caught.value.response.status_code == 409 and "config.json" in str(caught.value)
+    assert local_hub.pull_requests(REPO)[0]["status"] == "open"
+
+
+def test_concurrent_commits_all_land_in_order(
+    local_hub: LocalHub, hub_api: HfApi, seeded: str
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def push(i: int) -> str:
+        ops = [CommitOperationAdd(f"f{i}.txt", str(i).encode())]
+        return hub_api.create_commit(REPO, ops, commit_message=f"c{i}").oid
+
+    with ThreadPoolExecutor(4) as pool:
+        oids = set(pool.map(push, range(8)))
+
+    history = local_hub.list_commits(REPO)
+    assert oids == {c["id"] for c in history[:8]} and history[8]["id"] == seeded
+    assert all(history[i]["parents"] == [history[i + 1]["id"]] for i in range(8))
+    assert {f"f{i}.txt" for i in range(8)} <= set(local_hub.files(REPO))
+
+
+def test_bad_uploads_are_refused(local_hub: LocalHub, hub_api: HfApi, seeded: str) -> None:
+    missing = "a" * 64
+    line = {"key": "lfsFile", "value": {"path": "w.safetensors", "algo": "sha256", "oid": missing}}
+    body = "\n".join(json.dumps(x) for x in ({"key": "header", "value": {"summary": "s"}}, line))
+    headers = {"Authorization": "Bearer hf_test_bot", "Content-Type": "application/x-ndjson"}
+
+    commit = httpx2.post(
+        f"{local_hub.url}/api/models/{REPO}/commit/main", content=body, headers=headers
+    )
+    put = httpx2.put(f"{local_hub.url}/_lfs/{REPO}/{missing}/3", content=b"abc")
+
+    assert commit.status_code == 422 and "never uploaded" in commit.json()["error"]
+    assert put.status_code == 400 and "does not match" in put.json()["error"]
+    assert local_hub.head(REPO) == seeded
+
+
+def test_settings_move_and_delete_over_http(local_hub: LocalHub, hub_api: HfApi) -> None:
+    hub_api.create_repo("pearl-bot-tester/m")
+    hub_api.update_repo_settings("pearl-bot-tester/m", private=True, gated="auto")
+    hub_api.move_repo("pearl-bot-tester/m", "pearl-bot-tester/n")
+
+    info = hub_api.model_info("pearl-bot-tester/n")
+    hub_api.delete_repo("pearl-bot-tester/n")
+
+    assert info.private is True and info.gated == "auto"
+    assert not hub_api.repo_exists("pearl-bot-tester/n")
+
+
+def test_filesystem_range_reads(local_hub: LocalHub, seeded: str) -> None:
+    from huggingface_hub import HfFileSystem
+
+    fs = HfFileSystem(endpoint=local_hub.url, skip_instance_cache=True)
+    with fs.open(f"{REPO}/model.safetensors", "rb", block_size=16) as handle:
+        handle.seek(8)
+        chunk = handle.read(20)
+
+    assert chunk == _safetensors()[8:28]
+    assert any(r.status == 206 for r in local_hub.requests)
+
+
+def test_unknown_route_is_a_clear_404(local_hub: LocalHub) -> None:
+    answer = httpx2.get(f"{local_hub.url}/api/spaces/org/x")
+
+    assert answer.status_code == 404 and "does not serve GET /api/spaces/org/x" in answer.text
+
+
+def test_seeding_errors_name_the_problem(local_hub: LocalHub, tmp_path: Path) -> None:
+    with pytest.raises(LocalHubError, match="Repository Not Found"):
+        local_hub.head("org/none")
+    local_hub.create_repo("org/x")
+    with pytest.raises(LocalHubError, match="Invalid rev id: dev"):
+        local_hub.files("org/x", "dev")
+    with pytest.raises(LocalHubError, match="not a directory"):
+        local_hub.commit_folder("org/x", tmp_path / "nope")
+    with pytest.raises(LocalHubError, match="Invalid repo id"):
+        local_hub.create_repo("a/b/c")

@@ -86,6 +86,8 @@ def settings(ctx: HubContext, req: Request, match: re.Match[str]) -> Response:
     with ctx.store.lock:
         if "private" in body:
             repo.private = bool(body["private"])
+        if body.get("visibility") in ("public", "private"):
+            repo.private = body["visibility"] == "private"
         if "gated" in body:
             if body["gated"] not in (False, "auto", "manual"):
                 raise LocalHubError(f"Invalid gated value {body['gated']!r}: use false|auto|manual")

@@ -223,7 +223,23 @@ def front_matter(readme: bytes) -> dict[str, Any] | None:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"the metadata must be a YAML mapping, not {type(data).__name__}")
+    _check_metadata(data)
     return data
+
+
+_RELATIONS = ("adapter", "merge", "quantized", "finetune")
+
+
+def _check_metadata(data: dict[str, Any]) -> None:
+    """The few metadata rules of the Hub that the client does not check itself."""
+    for key in ("base_model", "license", "tags", "datasets"):
+        value = data.get(key)
+        items = value if isinstance(value, list) else [value]
+        if value is not None and not all(isinstance(item, str) for item in items):
+            raise ValueError(f'"{key}" must be a string or a list of strings, not {value!r}')
+    relation = data.get("base_model_relation")
+    if relation is not None and relation not in _RELATIONS:
+        raise ValueError(f'"base_model_relation" must be one of {_RELATIONS}, not {relation!r}')
 
 
 def safetensors_parameters(header_bytes: bytes) -> dict[str, int]:
