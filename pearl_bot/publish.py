@@ -149,7 +149,8 @@ def push_revision(
     additions = plan_additions(out_dir, lock)
     previous = _ensure_repo(api, previous, revision, private)
     target = _target(previous, create_pr, revision)
-    title, description = commit_text(lock, previous.latest_lock, commit_message, commit_description)
+    # Against the branch's lock even for a PR: the PR's diff is against the branch too.
+    title, description = commit_text(lock, previous.lock, commit_message, commit_description)
     plan = CommitPlan(
         repo_id=repo_id,
         operations=[*additions, *_stale_files(api, previous, target, additions)],
@@ -290,9 +291,11 @@ def preupload(
             api.preupload_lfs_files(
                 repo_id, [op], revision=target.revision, create_pr=target.create_pr
             )
-        except (HfHubHTTPError, httpx2.TransportError, ValueError) as err:
+        except (HfHubHTTPError, httpx2.TransportError, ValueError, RuntimeError) as err:
+            # huggingface_hub wraps a failed LFS upload in a RuntimeError; the cause says why.
+            cause = err.__cause__ if isinstance(err, RuntimeError) and err.__cause__ else err
             raise PublishError(
-                f"uploading {op.path_in_repo} to {repo_id!r} failed: {describe(err)}",
+                f"uploading {op.path_in_repo} to {repo_id!r} failed: {describe(cause)}",
                 repo_id=repo_id,
                 hint="nothing was committed; rerun (files the Hub already has are not re-sent)",
             ) from err
@@ -346,20 +349,37 @@ def _default_title(moves: list[Any], previous: Lock | None) -> str:
 
 def _update_pr(api: HfApi, previous: PublishedState, title: str, description: str) -> None:
     """Point the open PR's title and description at the new revision (best effort)."""
-    num, comment_id = previous.pr_num, previous.pr_comment_id
+    num, repo_id = previous.pr_num, previous.repo_id
     assert num is not None
     try:
-        if comment_id is not None:
-            retry_hub_call(
-                lambda: api.edit_discussion_comment(previous.repo_id, num, comment_id, description),
-                what=f"edit_discussion_comment({previous.repo_id!r}, {num})",
-            )
         retry_hub_call(
-            lambda: api.rename_discussion(previous.repo_id, num, title),
-            what=f"rename_discussion({previous.repo_id!r}, {num})",
+            lambda: api.rename_discussion(repo_id, num, title),
+            what=f"rename_discussion({repo_id!r}, {num})",
         )
+        _edit_description(api, repo_id, num, previous.pr_comment_id, description)
     except (HfHubHTTPError, httpx2.TransportError) as err:
         logger.warning("PR #%d got the new revision, but its text was not updated: %s", num, err)
+
+
+def _edit_description(
+    api: HfApi, repo_id: str, num: int, comment_id: str | None, description: str
+) -> None:
+    """Edit the PR's first comment; where that cannot be edited, add the text as a comment."""
+    if comment_id is not None:
+        try:
+            retry_hub_call(
+                lambda: api.edit_discussion_comment(repo_id, num, comment_id, description),
+                what=f"edit_discussion_comment({repo_id!r}, {num})",
+            )
+            return
+        except HfHubHTTPError as err:
+            if status_of(err) not in (403, 404, 405):
+                raise
+            logger.warning("cannot edit the description of PR #%d (%s); commenting", num, err)
+    retry_hub_call(
+        lambda: api.comment_discussion(repo_id, num, description),
+        what=f"comment_discussion({repo_id!r}, {num})",
+    )
 
 
 def _result(
