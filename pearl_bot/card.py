@@ -141,7 +141,7 @@ def _load_card(text: str, repo_id: str, problems: list[str]) -> ModelCard | None
     try:
         return ModelCard(text)
     except (ValueError, TypeError, yaml.YAMLError) as err:
-        problem = f"its metadata is invalid ({_one_line(str(err))[:200]})"
+        problem = f"its metadata is invalid ({_one_line(str(err)).split('. ')[0][:200]})"
         logger.warning("card of %s: %s; reading it without eval results", repo_id, problem)
         problems.append(problem)
     try:
@@ -670,7 +670,8 @@ def score_table(scores: Scores) -> ScoreTable:
     columns = scores.models()
     rows = []
     for row in scores.rows():
-        cells = [_cell(row.cells.get(m), m in row.best and len(columns) > 1) for m in columns]
+        compared = sum(cell is not None for cell in row.cells.values()) > 1
+        cells = [_cell(row.cells.get(m), compared and m in row.best) for m in columns]
         first = next(s for s in row.cells.values() if s is not None)
         rows.append(
             ScoreTableRow(

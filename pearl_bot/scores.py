@@ -68,6 +68,8 @@ _CARD_DATASET_TASKS = {
     "winogrande": "winogrande",
     "gsm8k": "gsm8k",
 }
+# ...and name some metrics differently from lm-eval's main metric of the same task.
+_CARD_METRICS = {("gsm8k", "acc"): "exact_match", ("truthfulqa_mc2", "mc2"): "acc"}
 SCORE_COMMAND_TIMEOUT_S = 6 * 3600
 
 
@@ -353,9 +355,11 @@ def _card_score(card: UpstreamCard, result: EvalResult) -> Score | None:
         return None
     args = result.dataset_args if isinstance(result.dataset_args, dict) else {}
     n_shot = args.get("num_few_shot")
+    benchmark = card_benchmark(result)
+    metric = _CARD_METRICS.get((benchmark, metric), metric)
     return Score(
         model=card.repo_id,
-        benchmark=card_benchmark(result),
+        benchmark=benchmark,
         metric=metric,
         value=_scaled(value, metric),
         n_shot=n_shot if isinstance(n_shot, int) and not isinstance(n_shot, bool) else None,
