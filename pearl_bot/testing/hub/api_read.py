@@ -349,10 +349,21 @@ def _sibling(path: str, entry: FileEntry, blobs: bool) -> dict[str, Any]:
 def _parameters(ctx: HubContext, commit: Commit) -> dict[str, int]:
     counts: dict[str, int] = {}
     for path, entry in commit.tree.items():
-        if not path.endswith(".safetensors") or entry.size < 8:
-            continue
-        length = int.from_bytes(ctx.store.blobs.read(entry.sha256, 0, 8), "little")
-        header = ctx.store.blobs.read(entry.sha256, 0, 8 + min(length, 100_000_000))
-        for dtype, n in safetensors_parameters(header).items():
-            counts[dtype] = counts.get(dtype, 0) + n
+        if path.endswith(".safetensors"):
+            for dtype, n in _file_parameters(ctx, entry).items():
+                counts[dtype] = counts.get(dtype, 0) + n
     return counts
+
+
+_PARAMETERS: dict[str, dict[str, int]] = {}  # blobs are immutable: cache by sha256
+
+
+def _file_parameters(ctx: HubContext, entry: FileEntry) -> dict[str, int]:
+    if entry.sha256 not in _PARAMETERS:
+        found: dict[str, int] = {}
+        if entry.size >= 8:
+            length = int.from_bytes(ctx.store.blobs.read(entry.sha256, 0, 8), "little")
+            if length <= min(entry.size - 8, 100_000_000):  # else: not a safetensors file
+                found = safetensors_parameters(ctx.store.blobs.read(entry.sha256, 0, 8 + length))
+        _PARAMETERS[entry.sha256] = found
+    return _PARAMETERS[entry.sha256]
