@@ -197,7 +197,10 @@ def test_header_loads_back_with_lineage_tags_license_and_model_index(
 ) -> None:
     recipe, lock, cards = pearl_release
 
-    meta = header(render_pearl(recipe, lock, cards))
+    text = render_pearl(recipe, lock, cards)
+    meta = header(text)
+
+    ModelCard(text).validate()  # the (local) Hub's metadata check, over HTTP
 
     assert meta["base_model"] == [u.repo_id for u in recipe.upstreams()]
     assert meta["base_model"][0] == "OpenPipe/mistral-ft-optimized-1227"
