@@ -676,3 +676,21 @@ def test_seeding_errors_name_the_problem(local_hub: LocalHub, tmp_path: Path) ->
         local_hub.commit_folder("org/x", tmp_path / "nope")
     with pytest.raises(LocalHubError, match="Invalid repo id"):
         local_hub.create_repo("a/b/c")
+
+
+def test_non_safetensors_bytes_give_no_parameter_count(local_hub: LocalHub, hub_api: HfApi) -> None:
+    local_hub.commit("org/junk", {"model.safetensors": b"\xff" * 64})
+
+    info = hub_api.model_info("org/junk", files_metadata=True)
+
+    assert info.safetensors is None and info.siblings[-1].lfs is not None  # type: ignore[index]
+
+
+def test_fault_with_negative_times_persists_until_cleared(local_hub: LocalHub, seeded: str) -> None:
+    local_hub.add_fault("HEAD", r"/resolve/", status=504, times=-1)
+    url = f"{local_hub.url}/{REPO}/resolve/main/config.json"
+
+    statuses = [httpx2.head(url).status_code for _ in range(3)]
+    local_hub.clear_faults()
+
+    assert statuses == [504, 504, 504] and httpx2.head(url).status_code == 200
