@@ -409,7 +409,7 @@ def _recipe_error_from(err: ValidationError, path: Path | None) -> RecipeError:
 
 
 def _section_keys(section: str) -> list[str]:
-    model = {
+    model: type[BaseModel] | None = {
         "publish": PublishSection,
         "card": CardSection,
         "scores": ScoresSection,
