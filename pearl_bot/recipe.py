@@ -409,12 +409,13 @@ def _recipe_error_from(err: ValidationError, path: Path | None) -> RecipeError:
 
 
 def _section_keys(section: str) -> list[str]:
-    model: type[BaseModel] | None = {
+    sections: dict[str, type[_Section]] = {
         "publish": PublishSection,
         "card": CardSection,
         "scores": ScoresSection,
         "build": BuildSection,
-    }.get(section)
+    }
+    model = sections.get(section)
     return sorted(model.model_fields) if model else []
 
 
