@@ -21,7 +21,17 @@ from pathlib import Path
 
 from pearl_bot import actions
 from pearl_bot.errors import PearlBotError
-from pearl_bot.lock import LOCK_FILENAME, Lock, LockedUpstream, PublishedState
+from pearl_bot.lock import (
+    LOCK_FILENAME,
+    Lock,
+    LockedUpstream,
+    PublishedState,
+    build_lock,
+    compare_upstreams,
+    read_published_lock,
+    upstream_changed,
+    write_lock,
+)
 from pearl_bot.recipe import Recipe
 from pearl_bot.report import RunReport, Status, StepTiming
 
@@ -68,30 +78,32 @@ def _run_steps(
     out_dir: Path | None,
     token: str | None,
 ) -> None:
-    from pearl_bot.lock import compare_upstreams, upstream_changed
     from pearl_bot.upstream import resolve_revisions
 
     with _step(report, "check"):
         upstreams = resolve_revisions(recipe, token=token)
         published = _published_state(recipe, token)
         latest = published.latest_lock if published is not None else None
+        latest_source = published.lock_source if published is not None else None
         report.upstreams = compare_upstreams(latest, upstreams)
     if not force and not upstream_changed(recipe, latest, upstreams):
         report.status = "up-to-date"
-        source = published.lock_source if published is not None else None
-        logger.info("up to date: nothing moved since the lock of %s", source)
+        logger.info("up to date: nothing moved since the lock of %s", latest_source)
         return
 
     build_dir = Path(out_dir) if out_dir is not None else work / "model"
     previous = published.lock if published is not None else None
-    _build(recipe, report, build_dir, upstreams, previous, token)
+    lock = _merge(recipe, report, build_dir, upstreams, token)
     report.out_dir = str(build_dir)
+    if _same_build(lock, latest):
+        report.status = "no-change"
+        logger.info("the rebuilt files are identical to %s: nothing to publish", latest_source)
+        return
+    _finish(recipe, report, build_dir, lock, previous, token)
     _publish(recipe, report, build_dir, published, create_pr, dry_run, token)
 
 
 def _published_state(recipe: Recipe, token: str | None) -> PublishedState | None:
-    from pearl_bot.lock import read_published_lock
-
     if recipe.publish is None:
         return None
     return read_published_lock(
@@ -99,19 +111,16 @@ def _published_state(recipe: Recipe, token: str | None) -> PublishedState | None
     )
 
 
-def _build(
+def _merge(
     recipe: Recipe,
     report: RunReport,
     build_dir: Path,
     upstreams: list[LockedUpstream],
-    previous: Lock | None,
     token: str | None,
-) -> None:
-    from pearl_bot.card import fetch_upstream_cards, render_card
+) -> Lock:
+    """Download and merge; returns the lock of the merged files (card not written yet)."""
     from pearl_bot.download import fetch_models
-    from pearl_bot.lock import build_lock, write_lock
     from pearl_bot.merge import merge_recipe
-    from pearl_bot.scores import collect_scores
 
     with _step(report, "download"):
         fetched = fetch_models(recipe, upstreams=upstreams, token=token)
@@ -119,7 +128,37 @@ def _build(
         if build_dir.exists():
             shutil.rmtree(build_dir)
         result = merge_recipe(recipe, build_dir, model_dirs=fetched)
-    lock = build_lock(recipe, fetched.upstreams, numerics=result.numerics, out_dir=build_dir)
+    return build_lock(recipe, fetched.upstreams, numerics=result.numerics, out_dir=build_dir)
+
+
+def _same_build(lock: Lock, latest: Lock | None) -> bool:
+    """Whether a rebuild reproduced the latest release: same inputs and the same merged files.
+
+    The card and the lock are left out: the card of a rebuild says "nothing moved" where the
+    release said what did, and that alone is no reason to publish.
+    """
+    if latest is None:
+        return False
+    derived = {"README.md", LOCK_FILENAME}
+    published = {k: v for k, v in latest.outputs.items() if k not in derived}
+    return (
+        lock.release_key() | {"outputs": None} == latest.release_key() | {"outputs": None}
+        and lock.outputs == published
+    )
+
+
+def _finish(
+    recipe: Recipe,
+    report: RunReport,
+    build_dir: Path,
+    lock: Lock,
+    previous: Lock | None,
+    token: str | None,
+) -> None:
+    """Scores, then the card, then the final lock (whose outputs cover the card)."""
+    from pearl_bot.card import fetch_upstream_cards, render_card
+    from pearl_bot.scores import collect_scores
+
     with _step(report, "scores"):
         cards = fetch_upstream_cards(lock, token=token)
         scores = collect_scores(
@@ -136,8 +175,7 @@ def _build(
             upstream_cards=cards,
         )
         (build_dir / "README.md").write_text(text, encoding="utf-8")
-        # The lock's outputs cover the card too, so it is built again once the card exists.
-        final = build_lock(recipe, fetched.upstreams, numerics=result.numerics, out_dir=build_dir)
+        final = build_lock(recipe, lock.upstreams, numerics=lock.numerics, out_dir=build_dir)
         write_lock(final, build_dir)
 
 
