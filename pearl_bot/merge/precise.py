@@ -13,6 +13,7 @@ whatever the tensor size.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,10 +22,9 @@ import torch
 
 from pearl_bot.merge.reader import TensorSource, numel
 
-#: Elements per chunk (16 MiB of float32).
-CHUNK = 1 << 22
-_HIGH_BINS = 1 << 15  # |x| has a clear sign bit, so its high half-word is below 2**15
-_LOW_BINS = 1 << 16
+#: Elements per chunk (4 MiB of float32).
+CHUNK = 1 << 20
+_SAMPLE = 1 << 16
 
 Writer = Callable[[torch.Tensor], None]
 
@@ -51,10 +51,10 @@ class GtaOptions:
 
 @dataclass(frozen=True)
 class TrimCut:
-    """The exact trim of one task vector: keep |delta| bits above `key`, and the first `ties`
-    elements (in flat order) whose |delta| bits equal `key`."""
+    """The exact trim of one task vector: keep every |delta| above `value`, and the first
+    `ties` elements (in flat order) whose |delta| equals `value`."""
 
-    key: int
+    value: float
     ties: int
 
 
@@ -64,48 +64,44 @@ def chunks(n: int, size: int = CHUNK) -> Iterator[tuple[int, int]]:
         yield start, min(n, start + size)
 
 
-def magnitude_keys(delta: torch.Tensor) -> torch.Tensor:
-    """The int32 bit patterns of |delta| (float32): ordered exactly like the magnitudes."""
-    return delta.abs().view(torch.int32)
-
-
 def keep_count(density: float, n: int) -> int:
     """How many elements a trim at `density` keeps, as mergekit counts them."""
     return max(1, int(density * n))
 
 
-def _kth_bin(hist: torch.Tensor, k: int) -> tuple[int, int]:
-    """The bin holding the k-th largest element (1-based) and the count in higher bins."""
-    above = torch.cumsum(hist.flip(0), 0).flip(0) - hist  # elements in strictly higher bins
-    candidates = torch.nonzero((above < k) & (above + hist >= k)).reshape(-1)
-    index = int(candidates[-1])
-    return index, int(above[index])
+def select_threshold(magnitudes: torch.Tensor, k: int) -> TrimCut:
+    """The exact cut that keeps the k largest of `magnitudes` (flat, float32, >= 0).
 
-
-def find_cuts(
-    deltas: Callable[[int, int], list[torch.Tensor]], n: int, ks: list[int]
-) -> list[TrimCut]:
-    """Exact trim cuts of several task vectors, from two histogram passes over their chunks.
-
-    `deltas(start, stop)` returns one float32 chunk per task vector; `ks[i]` is how many
-    elements task vector i keeps.
+    A strided sample brackets the k-th largest value; one counting pass then finds how many
+    elements lie above the bracket and collects the few inside it, where the exact k-th value
+    is read off a small sort. Falls back to `kthvalue` when the bracket misses (it does not
+    happen for smooth distributions, but the answer is exact either way).
     """
-    high = [torch.zeros(_HIGH_BINS, dtype=torch.int64) for _ in ks]
-    for start, stop in chunks(n):
-        for i, delta in enumerate(deltas(start, stop)):
-            high[i] += torch.bincount(magnitude_keys(delta) >> 16, minlength=_HIGH_BINS).cpu()
-    bins = [_kth_bin(h, k) for h, k in zip(high, ks, strict=True)]
-    low = [torch.zeros(_LOW_BINS, dtype=torch.int64) for _ in ks]
-    for start, stop in chunks(n):
-        for i, delta in enumerate(deltas(start, stop)):
-            keys = magnitude_keys(delta)
-            inside = keys[(keys >> 16) == bins[i][0]] & 0xFFFF
-            low[i] += torch.bincount(inside, minlength=_LOW_BINS).cpu()
-    cuts = []
-    for (hi_bin, above_hi), lo_hist, k in zip(bins, low, ks, strict=True):
-        lo_bin, above_lo = _kth_bin(lo_hist, k - above_hi)
-        cuts.append(TrimCut(key=(hi_bin << 16) | lo_bin, ties=k - above_hi - above_lo))
-    return cuts
+    n = magnitudes.numel()
+    cut = _bracket_select(magnitudes, k) if n > _SAMPLE else None
+    if cut is None:
+        value = float(torch.kthvalue(magnitudes.reshape(-1).cpu(), n - k + 1).values)
+        cut = TrimCut(value=value, ties=k - int((magnitudes > value).sum()))
+    return cut
+
+
+def _bracket_select(magnitudes: torch.Tensor, k: int) -> TrimCut | None:
+    flat = magnitudes.reshape(-1)
+    n = flat.numel()
+    sample = flat[:: n // _SAMPLE].sort(descending=True).values
+    size = sample.numel()
+    position = k / n * size
+    margin = 4 * math.sqrt(size * (k / n) * (1 - k / n)) + 8
+    high = float(sample[max(0, int(position - margin))])
+    low = float(sample[min(size - 1, int(position + margin))])
+    above = int((flat > high).sum())
+    if above >= k:
+        return None
+    band = flat[(flat >= low) & (flat <= high)]
+    if above + band.numel() < k:
+        return None
+    value = float(band.sort(descending=True).values[k - above - 1])
+    return TrimCut(value=value, ties=k - above - int((band > value).sum()))
 
 
 class Trimmer:
@@ -116,13 +112,13 @@ class Trimmer:
         self.ties_left = cut.ties
 
     def __call__(self, delta: torch.Tensor) -> torch.Tensor:
-        keys = magnitude_keys(delta)
-        keep = keys > self.cut.key
+        # hardshrink keeps exactly the elements with |delta| > value (value is a float32).
+        kept = torch.nn.functional.hardshrink(delta, self.cut.value)
         if self.ties_left:
-            tied = torch.nonzero(keys == self.cut.key).reshape(-1)[: self.ties_left]
-            keep[tied] = True
+            tied = torch.nonzero(delta.abs() == self.cut.value).reshape(-1)[: self.ties_left]
+            kept[tied] = delta[tied]
             self.ties_left -= int(tied.numel())
-        return delta * keep.to(delta.dtype)
+        return kept
 
 
 def dare_generator(seed: int, tensor_name: str, model_index: int) -> torch.Generator:
@@ -148,49 +144,63 @@ class Dropper:
 class Accumulator:
     """Running sums of one chunk for the sign election and the disjoint merge.
 
-    The election sum and the agreeing sums are accumulated in model order, as mergekit
-    does, so that float32 recipes differ from mergekit only where the trims differ.
+    Every sum runs in model order from +0, as mergekit's reductions do, so that float32
+    recipes differ from mergekit only where the trims differ. The agreeing weights are not
+    summed per element: each element's sign pattern is coded in balanced ternary
+    (sum_i 3^i sign(tau_i), exact in float32 for up to 15 models) and looked up in a table
+    of the divisors of every pattern, summed in model order.
     """
 
-    def __init__(self, like: torch.Tensor, consensus: bool) -> None:
-        self.consensus = consensus
+    def __init__(self, like: torch.Tensor, table: torch.Tensor | None) -> None:
+        self.table = table
         self.total = torch.zeros_like(like)
-        self.weights = torch.zeros_like(like) if not consensus else None
-        self.pos = torch.zeros_like(like) if consensus else None
-        self.neg = torch.zeros_like(like) if consensus else None
-        self.wpos = torch.zeros_like(like) if consensus else None
-        self.wneg = torch.zeros_like(like) if consensus else None
-        self.weight_sum = torch.zeros((), dtype=like.dtype, device=like.device)
+        self.pos = torch.zeros_like(like) if table is not None else None
+        self.neg = torch.zeros_like(like) if table is not None else None
+        self.code = torch.zeros_like(like) if table is not None else None
+        self.models = 0
 
-    def add(self, tau: torch.Tensor, weight: torch.Tensor) -> None:
+    def add(self, tau: torch.Tensor) -> None:
         """Add one weighted task vector chunk tau = weight * trimmed delta."""
         self.total += tau
-        self.weight_sum = self.weight_sum + weight
-        if not self.consensus:
-            return
-        assert self.pos is not None and self.neg is not None
-        assert self.wpos is not None and self.wneg is not None
-        positive, negative = tau > 0, tau < 0
-        self.pos += tau * positive
-        self.neg += tau * negative
-        self.wpos += weight * positive
-        self.wneg += weight * negative
+        if self.pos is not None and self.neg is not None and self.code is not None:
+            self.pos += torch.relu(tau)
+            self.neg += tau.clamp(max=0)
+            self.code.add_(tau.sign(), alpha=3**self.models)
+        self.models += 1
 
-    def merged(self, normalize: bool) -> torch.Tensor:
+    def merged(self, normalize: bool, weight_sum: float) -> torch.Tensor:
         """The merged delta: elect sign, disjoint merge, optional normalisation."""
-        if not self.consensus:
-            divisor = self.weight_sum.expand_as(self.total).clone()
-            divisor[divisor.abs() < 1e-8] = 1
+        if self.table is None:
+            divisor = weight_sum if abs(weight_sum) >= 1e-8 else 1.0
             return self.total / divisor if normalize else self.total
-        assert self.pos is not None and self.neg is not None
-        assert self.wpos is not None and self.wneg is not None
-        sign = self.total >= 0
-        merged = torch.where(sign, self.pos, self.neg)
+        assert self.pos is not None and self.neg is not None and self.code is not None
+        positive = self.total >= 0
+        merged = torch.where(positive, self.pos, self.neg)
         if not normalize:
             return merged
-        divisor = torch.where(sign, self.wpos, self.wneg)
-        divisor[divisor == 0] = 1
-        return merged / divisor
+        offset = (3**self.models - 1) // 2
+        index = self.code.add_(positive, alpha=3**self.models).to(torch.int64) + offset
+        return merged / self.table[index]
+
+
+def divisor_table(weights: Sequence[float], device: torch.device) -> torch.Tensor:
+    """Divisors of every sign pattern: entry offset + code + s * 3^N holds the float32 sum,
+    in model order, of the weights whose sign agrees with the elected sign s (0 -> 1)."""
+    n = len(weights)
+    w = torch.tensor(list(weights), dtype=torch.float32)
+    entries = []
+    for elected in (-1, 1):
+        for pattern in itertools.product((-1, 0, 1), repeat=n):
+            acc = torch.zeros((), dtype=torch.float32)
+            for i in range(n):
+                if pattern[n - 1 - i] == elected:
+                    acc = acc + w[i]
+            entries.append(1.0 if float(acc) == 0 else float(acc))
+    return torch.tensor(entries, dtype=torch.float32, device=device)
+
+
+#: Beyond this many models the divisor table (2 * 3^N entries) is not worth building.
+MAX_TABLE_MODELS = 8
 
 
 def merge_gta(
@@ -203,30 +213,23 @@ def merge_gta(
     device: torch.device,
 ) -> None:
     """TIES, DARE-TIES and task arithmetic in float32, streamed chunk by chunk into `write`."""
-    n = numel(base)
+    if options.consensus and len(inputs) > MAX_TABLE_MODELS:
+        raise NotImplementedError(f"more than {MAX_TABLE_MODELS} models in a sign election")
     prepare = _sparsifiers(base, inputs, options, generators, device)
     weights = [torch.tensor(i.weight, dtype=torch.float32, device=device) for i in inputs]
+    table = divisor_table([i.weight for i in inputs], device) if options.consensus else None
+    weight_sum = float(torch.stack(weights).sum()) if inputs else 0.0
     sparsify = prepare()
-    for start, stop in chunks(n):
+    for start, stop in chunks(numel(base)):
         b = base.read(start, stop).to(device).float()
-        acc = Accumulator(b, options.consensus)
+        acc = Accumulator(b, table)
         for i, item in enumerate(inputs):
-            delta = sparsify[i](item.source.read(start, stop).to(device).float() - b)
-            acc.add(weights[i] * delta, weights[i])
-        merged = acc.merged(options.normalize)
+            delta = item.source.read(start, stop).to(device).float().sub_(b)
+            acc.add(sparsify[i](delta).mul_(weights[i]))
+        merged = acc.merged(options.normalize, weight_sum)
         if options.lambda_ != 1:
             merged = merged * options.lambda_
-        write((b + merged).to(out_dtype).cpu())
-
-
-def _read_deltas(
-    base: TensorSource, inputs: Sequence[TaskInput], device: torch.device
-) -> Callable[[int, int], list[torch.Tensor]]:
-    def deltas(start: int, stop: int) -> list[torch.Tensor]:
-        b = base.read(start, stop).to(device).float()
-        return [i.source.read(start, stop).to(device).float() - b for i in inputs]
-
-    return deltas
+        write(merged.add_(b).to(out_dtype).cpu())
 
 
 def _identity(delta: torch.Tensor) -> torch.Tensor:
@@ -249,13 +252,8 @@ def _sparsifiers(
     active = [options.sparsify is not None and 0 < i.density < 1 and n > 0 for i in inputs]
     plain = [_zero if options.sparsify and i.density <= 0 else _identity for i in inputs]
     if options.sparsify == "magnitude" and any(active):
-        picked = [k for k, on in enumerate(active) if on]
-        read = _read_deltas(base, [inputs[k] for k in picked], device)
-        cuts = find_cuts(read, n, [keep_count(inputs[k].density, n) for k in picked])
-        by_model = dict(zip(picked, cuts, strict=True))
-        return lambda: [
-            Trimmer(by_model[k]) if k in by_model else plain[k] for k in range(len(inputs))
-        ]
+        cuts = _trim_cuts(base, inputs, active, device)
+        return lambda: [Trimmer(c) if c is not None else plain[k] for k, c in enumerate(cuts)]
     if options.sparsify == "random" and any(active):
         scales = _dare_scales(base, inputs, active, options, generators, device)
         return lambda: [
@@ -263,6 +261,22 @@ def _sparsifiers(
             for k in range(len(inputs))
         ]
     return lambda: list(plain)
+
+
+def _trim_cuts(
+    base: TensorSource, inputs: Sequence[TaskInput], active: list[bool], device: torch.device
+) -> list[TrimCut | None]:
+    """The trim cut of each active task vector, one whole tensor at a time."""
+    b = base.read().to(device).float()
+    cuts: list[TrimCut | None] = []
+    for item, on in zip(inputs, active, strict=True):
+        if not on:
+            cuts.append(None)
+            continue
+        magnitudes = item.source.read().to(device).float().sub_(b).abs_()
+        cuts.append(select_threshold(magnitudes, keep_count(item.density, b.numel())))
+        del magnitudes
+    return cuts
 
 
 def _dare_scales(
@@ -279,10 +293,11 @@ def _dare_scales(
     droppers = [Dropper(generators(k), i.density) for k, i in enumerate(inputs)]
     before = [0.0] * len(inputs)
     after = [0.0] * len(inputs)
-    read = _read_deltas(base, inputs, device)
     for start, stop in chunks(numel(base)):
-        for k, delta in enumerate(read(start, stop)):
+        b = base.read(start, stop).to(device).float()
+        for k, item in enumerate(inputs):
             if active[k]:
+                delta = item.source.read(start, stop).to(device).float().sub_(b)
                 before[k] += float(delta.abs().sum(dtype=torch.float64))
                 after[k] += float(droppers[k](delta).abs().sum(dtype=torch.float64))
     return [
