@@ -694,3 +694,23 @@ def test_fault_with_negative_times_persists_until_cleared(local_hub: LocalHub, s
     local_hub.clear_faults()
 
     assert statuses == [504, 504, 504] and httpx2.head(url).status_code == 200
+
+
+def test_pr_description_can_be_edited_by_its_author_only(
+    local_hub: LocalHub, hub_api: HfApi
+) -> None:
+    local_hub.create_repo("org/edit")
+    pr = hub_api.create_pull_request("org/edit", title="A release", description="first text")
+    details = hub_api.get_discussion_details("org/edit", pr.num)
+    first = next(e for e in details.events if e.type == "comment")
+
+    edited = hub_api.edit_discussion_comment("org/edit", pr.num, first.id, "second text")
+
+    assert edited.content == "second text" and edited.edited
+    again = hub_api.get_discussion_details("org/edit", pr.num)
+    assert next(e for e in again.events if e.type == "comment").content == "second text"
+    local_hub.add_user("hf_other", "someone-else")
+    other = HfApi(endpoint=local_hub.url, token="hf_other")
+    local_hub.grant_access("org/edit", "someone-else")
+    with pytest.raises(Exception, match="403"):
+        other.edit_discussion_comment("org/edit", pr.num, first.id, "hijacked")

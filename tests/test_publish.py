@@ -239,8 +239,8 @@ def test_pr_is_opened_then_updated_then_left_alone(local_hub, hub_api, tmp_path,
     assert updated.status == "pr-updated" and updated.pr_num == opened.pr_num
     assert pr["head"] == updated.revision != opened.revision
     assert pr["title"] == "pearl-bot: org/a moved from aaaaaaa to ddddddd"
-    texts = [pr["description"], *pr["comments"]]
-    assert any("moved from aaaaaaaaaaaa to dddddddddddd" in t for t in texts)
+    assert "moved from aaaaaaaaaaaa to dddddddddddd" in pr["description"], "edited in place"
+    assert PR_MARKER in pr["description"] and pr["comments"] == []
     lock_in_pr = local_hub.read_file(REPO, LOCK_FILENAME, f"refs/pr/{pr['num']}")
     assert Lock.from_json(lock_in_pr.decode()) == lock3
 

@@ -133,6 +133,29 @@ def comment(ctx: HubContext, req: Request, match: re.Match[str]) -> Response:
     return json_response({"newMessage": event})
 
 
+@route("POST", _ITEM + r"/comment/(?P<comment>[0-9a-fA-F]+)/edit")
+def edit_comment(ctx: HubContext, req: Request, match: re.Match[str]) -> Response:
+    """Edit a comment (a PR's description is its first one); only its author may. Answers
+    `updatedComment`."""
+    repo = repo_of(ctx, req, match, write=True)
+    content = str(req.json().get("content") or "")
+    if not content.strip():
+        raise LocalHubError("Comment is empty: write some text")
+    comment_id = match.group("comment").lower()
+    with ctx.store.lock:
+        item = ctx.store.discussion(repo, int(match.group("num")))
+        event = next(
+            (e for e in item.events if e["id"] == comment_id and e["type"] == "comment"), None
+        )
+        if event is None:
+            raise LocalHubError(f"Comment {comment_id} not found", status=404)
+        if event["author"]["name"] != req.user:
+            raise LocalHubError("Only the author of a comment can edit it", status=403)
+        event["data"]["latest"]["raw"] = content
+        event["data"]["edited"] = True
+    return json_response({"updatedComment": event})
+
+
 @route("POST", _ITEM + r"/status")
 def change_status(ctx: HubContext, req: Request, match: re.Match[str]) -> Response:
     """Open or close; answers `newStatus`."""
