@@ -323,10 +323,9 @@ def _configure_logging() -> None:
 
 
 def _default_run_fn() -> RunFn:
-    import importlib
+    from pearl_bot.run import run  # imported late: it pulls in torch and the Hub client
 
-    run_fn: RunFn = importlib.import_module("pearl_bot.run").run
-    return run_fn
+    return run
 
 
 def _run(settings: Settings, run_fn: RunFn) -> RunReport:

@@ -28,6 +28,13 @@ from pearl_bot.cli import build_parser
 from pearl_bot.errors import PublishError
 from pearl_bot.recipe import Recipe
 from pearl_bot.report import RunReport, StepTiming, UpstreamMove
+from pearl_bot.testing.models import (
+    TinyConfig,
+    build_family,
+    fine_tune,
+    random_weights,
+    write_model,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "pearl-7b-0210-ties.yml"
@@ -649,3 +656,77 @@ def test_ci_runs_the_ci_script_with_read_only_permissions() -> None:
     assert job["permissions"] == {"contents": "read"}
     assert [s["run"] for s in job["steps"] if "run" in s] == ["bash .ci/run"]
     assert job["steps"][0]["with"]["persist-credentials"] is False
+
+
+# --------------------------------------------------------------------------------------------
+# Integration: the nightly story through the Action, against the local Hub
+# --------------------------------------------------------------------------------------------
+
+HUB_RECIPE = """\
+models:
+  - model: tiny-org/base
+  - model: tiny-org/math
+    parameters: {density: 0.5, weight: 0.5}
+  - model: tiny-org/chat
+    parameters: {density: 0.5, weight: 0.5}
+merge_method: ties
+base_model: tiny-org/base
+parameters: {normalize: true}
+dtype: float32
+publish:
+  repo_id: pearl-bot-tester/tiny-ties
+  create_pr: true
+"""
+
+
+def test_action_runs_the_nightly_story_against_the_local_hub(
+    job: Job, local_hub: Any, hub_api: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fixtures_hub import BOT_TOKEN
+
+    family = build_family(
+        tmp_path / "upstreams", ["tiny-org/base", "tiny-org/math", "tiny-org/chat"]
+    )
+    for repo_id, folder in family.items():
+        local_hub.commit_folder(repo_id, folder, message="Upload model")
+    Path("recipe.yml").write_text(HUB_RECIPE, encoding="utf-8")
+    job.inputs(hf_token=BOT_TOKEN)
+
+    # Run 1, scheduled: the first release is a commit on main.
+    assert actions.main([]) == 0, capsys.readouterr()
+    first = job.outputs()
+    assert first["status"] == "released" and first["changed"] == "true"
+    assert first["revision"] == local_hub.head("pearl-bot-tester/tiny-ties")
+    assert first["revision"] in first["commit-url"] and first["pr-url"] == ""
+    assert "**🚀 Released a new revision**" in job.summary()
+
+    # An upstream moves; a webhook relay dispatches: the change lands as a Hub PR.
+    moved = fine_tune(random_weights(TinyConfig(), 0), seed=99, noise=0.01)
+    new_sha = local_hub.commit_folder(
+        "tiny-org/math", write_model(tmp_path / "moved", moved, TinyConfig()), message="Retrain"
+    )
+    job.event(
+        "repository_dispatch",
+        {"action": "upstream-updated", "client_payload": {"repo": "tiny-org/math", "sha": new_sha}},
+    )
+    (job.root / "output").write_text("", encoding="utf-8")
+    assert actions.main([]) == 0, capsys.readouterr()
+    second = job.outputs()
+    assert second["status"] == "pr-opened" and second["changed"] == "true"
+    (pr,) = local_hub.pull_requests("pearl-bot-tester/tiny-ties")
+    assert pr["status"] == "open" and second["revision"] == pr["head"]
+    assert second["pr-url"].endswith(f"/discussions/{pr['num']}")
+    endpoint = os.environ["HF_ENDPOINT"]
+    assert f"({endpoint}/tiny-org/math/commit/{new_sha})" in job.summary()
+    assert local_hub.head("pearl-bot-tester/tiny-ties") == first["revision"]
+
+    # Run 3: nothing moved since the PR; nothing to do.
+    job.event("schedule", {"schedule": "17 4 * * *"})
+    (job.root / "output").write_text("", encoding="utf-8")
+    assert actions.main([]) == 0, capsys.readouterr()
+    third = job.outputs()
+    assert third["status"] == "up-to-date" and third["changed"] == "false"
+
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if BOT_TOKEN in line] == [f"::add-mask ::{BOT_TOKEN}"] * 3
+    assert BOT_TOKEN not in job.summary()
