@@ -183,6 +183,9 @@ def write_lock(lock: Lock, folder: str | Path) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(lock.to_json())
+        # mkstemp creates the file private (0600); the lock is published, so it reads like
+        # the other files of the release.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -55,7 +55,9 @@ def test_build_lock_hashes_every_output_but_itself(tmp_path: Path) -> None:
         "sub/x.json": hashlib.sha256(b"{}").hexdigest(),
     }
     assert (lock.recipe_sha256, lock.numerics) == (recipe.sha256, "mergekit")
-    assert Lock.read(write_lock(lock, out)) == lock
+    written = write_lock(lock, out)
+    assert Lock.read(written) == lock
+    assert written.stat().st_mode & 0o777 == 0o644, "published like the other files"
     assert [p.name for p in out.iterdir() if p.name.startswith(".pearl")] == []
 
 
