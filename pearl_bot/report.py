@@ -82,11 +82,15 @@ class RunReport:
         """A few lines for a terminal."""
         lines = [f"{self.recipe}: {self.status}" + (f" -> {self.repo_id}" if self.repo_id else "")]
         for up in self.upstreams:
-            state = "moved" if up.moved else "unchanged"
+            state = "new" if up.locked is None else ("moved" if up.moved else "unchanged")
             old = (up.locked or "none")[:12]
             lines.append(f"  {up.key}: {state} ({old} -> {up.current[:12]})")
         for step in self.steps:
             lines.append(f"  step {step.name}: {step.seconds:.1f}s")
+        if self.dry_run and self.files:
+            lines += self._planned_commit()
+        elif self.out_dir:
+            lines.append(f"  built in: {self.out_dir}")
         for label, value in (("commit", self.commit_url), ("pull request", self.pr_url)):
             if value:
                 lines.append(f"  {label}: {value}")
@@ -95,3 +99,19 @@ class RunReport:
             if self.hint:
                 lines.append(f"  fix: {self.hint}")
         return "\n".join(lines)
+
+    def _planned_commit(self) -> list[str]:
+        """What a dry run would have committed: the message, then each file and its size."""
+        lines = [f"  would commit to {self.repo_id}: {self.commit_message or '(no message)'}"]
+        lines += [f"    {path}  {_size(size)}" for path, size in sorted(self.files.items())]
+        lines.append(f"  files left in: {self.out_dir}")
+        return lines
+
+
+def _size(num_bytes: int) -> str:
+    value = float(num_bytes)
+    for unit in ("B", "kB", "MB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"

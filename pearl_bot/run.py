@@ -62,7 +62,7 @@ def run(
         report.status = "failed"
         report.error = err.message
         report.hint = err.hint
-        logger.error("%s failed: %s", report.failed_step or err.step, err)
+        logger.info("%s failed: %s", report.failed_step or err.step, err)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report

@@ -10,7 +10,7 @@ from fixtures_hub import BOT_TOKEN
 from pearl_bot.lock import LOCK_FILENAME, Lock
 from pearl_bot.recipe import Recipe, load_recipe
 from pearl_bot.run import run
-from pearl_bot.testing.hub_server import LocalHub
+from pearl_bot.testing.hub_server import LocalHub, LocalHubError
 from pearl_bot.testing.models import (
     TinyConfig,
     build_family,
@@ -230,3 +230,18 @@ def test_broken_upstream_fails_at_merge_and_touches_nothing(
     assert report.error and "mlp" in report.error
     assert local_hub.head(TARGET) == head and not open_prs(local_hub)
     assert "failed at merge" in report.summary()
+
+
+def test_dry_run_summary_shows_the_commit_it_would_make(
+    local_hub: LocalHub, family: dict[str, str], recipe: Recipe, tmp_path: Path
+) -> None:
+    report = run(recipe, token=BOT_TOKEN, dry_run=True, out_dir=tmp_path / "dry")
+
+    text = report.summary()
+    assert "org/base: new (none -> " in text
+    assert f"would commit to {TARGET}: {report.commit_message}" in text
+    size = (tmp_path / "dry" / "model.safetensors").stat().st_size
+    assert f"    model.safetensors  {size / 1000:.1f} kB" in text
+    assert f"files left in: {tmp_path / 'dry'}" in text
+    with pytest.raises(LocalHubError):
+        local_hub.head(TARGET)  # a dry run does not even create the target repo
