@@ -91,7 +91,7 @@ def _run_steps(
         logger.info("up to date: nothing moved since the lock of %s", latest_source)
         return
 
-    build_dir = Path(out_dir) if out_dir is not None else work / "model"
+    build_dir = _build_dir(out_dir, work, dry_run)
     previous = published.lock if published is not None else None
     lock = _merge(recipe, report, build_dir, upstreams, token)
     report.out_dir = str(build_dir)
@@ -101,6 +101,15 @@ def _run_steps(
         return
     _finish(recipe, report, build_dir, lock, previous, token)
     _publish(recipe, report, build_dir, published, create_pr, dry_run, token)
+
+
+def _build_dir(out_dir: Path | None, work: Path, dry_run: bool) -> Path:
+    """Where the model is built: `out_dir`, else a temporary folder that a dry run keeps."""
+    if out_dir is not None:
+        return Path(out_dir)
+    if dry_run:
+        return Path(tempfile.mkdtemp(prefix="pearl-bot-dry-run-")) / "model"
+    return work / "model"
 
 
 def _published_state(recipe: Recipe, token: str | None) -> PublishedState | None:

@@ -245,3 +245,14 @@ def test_dry_run_summary_shows_the_commit_it_would_make(
     assert f"files left in: {tmp_path / 'dry'}" in text
     with pytest.raises(LocalHubError):
         local_hub.head(TARGET)  # a dry run does not even create the target repo
+
+
+def test_dry_run_without_out_keeps_the_built_folder(
+    local_hub: LocalHub, family: dict[str, str], recipe: Recipe
+) -> None:
+    report = run(recipe, token=BOT_TOKEN, dry_run=True)
+
+    assert report.out_dir is not None
+    out = Path(report.out_dir)
+    assert (out / "model.safetensors").is_file() and (out / LOCK_FILENAME).is_file()
+    assert set(report.files) == {p.name for p in out.iterdir()}
