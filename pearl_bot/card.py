@@ -20,6 +20,10 @@ Template context (every name is always defined):
 
 Text that comes from upstream cards is escaped on output: every `{{ }}` value that is not
 explicitly trusted has markdown and HTML metacharacters escaped and newlines flattened.
+
+Upstream cards are read by `pearl_bot.upstream_cards` (its `UpstreamCard`,
+`fetch_upstream_cards` and `parse_upstream_card` are re-exported here); the scores table is
+built by `pearl_bot.score_table`.
 """
 
 from __future__ import annotations
@@ -39,8 +43,7 @@ from urllib.parse import quote
 
 import jinja2
 import yaml
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 from pydantic import ValidationError
@@ -49,118 +52,20 @@ from pearl_bot import __version__
 from pearl_bot.errors import CardError
 from pearl_bot.lock import Lock, LockedUpstream
 from pearl_bot.recipe import ModelRef, Recipe, is_repo_id
+from pearl_bot.score_table import score_table
 from pearl_bot.scores import Scores, collect_scores
+from pearl_bot.upstream_cards import HUB_URL
+from pearl_bot.upstream_cards import UpstreamCard as UpstreamCard
+from pearl_bot.upstream_cards import fetch_upstream_cards as fetch_upstream_cards
+from pearl_bot.upstream_cards import parse_upstream_card as parse_upstream_card
 
 logger = logging.getLogger(__name__)
 
-#: Links in the card point at the public Hub, where the card is read.
-HUB_URL = "https://huggingface.co"
 DEFAULT_TEMPLATE = "model_card.md.j2"
 _LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+\-]{0,63}$")
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~#!])")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
-
-
-# --------------------------------------------------------------------------------------------
-# What upstream cards say
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class UpstreamCard:
-    """What one upstream's card declares, read at its locked revision (strings untrusted)."""
-
-    key: str
-    repo_id: str
-    revision: str
-    license: str | None = None
-    base_model: tuple[str, ...] = ()
-    base_model_relation: str | None = None
-    eval_results: tuple[EvalResult, ...] = ()
-    #: What was wrong with the card (missing, unreadable, broken model-index), for the reader.
-    problems: tuple[str, ...] = ()
-
-    @property
-    def url(self) -> str:
-        return f"{HUB_URL}/{self.repo_id}/blob/{self.revision}/README.md"
-
-
-def fetch_upstream_cards(
-    lock: Lock, *, api: HfApi | None = None, token: str | None = None
-) -> dict[str, UpstreamCard]:
-    """Read the card of every Hub upstream at its locked revision, keyed by lock key.
-
-    Missing or broken cards are tolerated with a warning: the card then says what is unknown.
-    """
-    api = api if api is not None else HfApi(token=token)
-    return {u.key: _fetch_card(api, u, token) for u in lock.upstreams if u.repo_id is not None}
-
-
-def _fetch_card(api: HfApi, upstream: LockedUpstream, token: str | None) -> UpstreamCard:
-    assert upstream.repo_id is not None
-    try:
-        path = api.hf_hub_download(
-            upstream.repo_id, "README.md", revision=upstream.revision, token=token
-        )
-        text = Path(str(path)).read_text(encoding="utf-8-sig")
-    except EntryNotFoundError:
-        return _unreadable(upstream, "it has no README.md")
-    except (HfHubHTTPError, OSError, UnicodeDecodeError) as err:
-        return _unreadable(upstream, f"it could not be read ({type(err).__name__}: {err})")
-    return parse_upstream_card(
-        text, key=upstream.key, repo_id=upstream.repo_id, revision=upstream.revision
-    )
-
-
-def _unreadable(upstream: LockedUpstream, why: str) -> UpstreamCard:
-    assert upstream.repo_id is not None
-    logger.warning("card of %s@%s skipped: %s", upstream.repo_id, upstream.revision[:7], why)
-    return UpstreamCard(upstream.key, upstream.repo_id, upstream.revision, problems=(why,))
-
-
-def parse_upstream_card(text: str, *, key: str, repo_id: str, revision: str) -> UpstreamCard:
-    """Read license, base_model and model-index from a card's text; never raises."""
-    problems: list[str] = []
-    card = _load_card(text, repo_id, problems)
-    data = card.data if card is not None else ModelCardData()
-    assert isinstance(data, ModelCardData)
-    return UpstreamCard(
-        key=key,
-        repo_id=repo_id,
-        revision=revision,
-        license=data.license if isinstance(data.license, str) else None,
-        base_model=_strings(data.base_model),
-        base_model_relation=_string(getattr(data, "base_model_relation", None)),
-        eval_results=tuple(data.eval_results or ()),
-        problems=tuple(problems),
-    )
-
-
-def _load_card(text: str, repo_id: str, problems: list[str]) -> ModelCard | None:
-    try:
-        return ModelCard(text)
-    except (ValueError, TypeError, yaml.YAMLError) as err:
-        problem = f"its metadata is invalid ({_one_line(str(err)).split('. ')[0][:200]})"
-        logger.warning("card of %s: %s; reading it without eval results", repo_id, problem)
-        problems.append(problem)
-    try:
-        return ModelCard(text, ignore_metadata_errors=True)
-    except (ValueError, TypeError, yaml.YAMLError):
-        return None
-
-
-def _strings(value: Any) -> tuple[str, ...]:
-    items = value if isinstance(value, list) else [value]
-    return tuple(item for item in items if isinstance(item, str) and item)
-
-
-def _string(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _one_line(text: str) -> str:
-    return " ".join(_CONTROL.sub(" ", text).split())
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,38 +124,6 @@ class Changelog:
     removed: list[str] = field(default_factory=list)
     recipe_changed: bool = False
     numerics_changed: bool = False
-
-
-@dataclass(frozen=True)
-class ScoreCell:
-    text: str
-    best: bool
-
-
-@dataclass(frozen=True)
-class ScoreTableRow:
-    benchmark: str
-    metric: str
-    n_shot: str
-    cells: list[ScoreCell]
-    delta: str
-
-
-@dataclass(frozen=True)
-class ScoreSource:
-    model: str
-    source: str
-    url: Markup | None
-
-
-@dataclass(frozen=True)
-class ScoreTable:
-    """The scores section: a column per model (the merge first), a row per benchmark."""
-
-    columns: list[str]
-    rows: list[ScoreTableRow]
-    sources: list[ScoreSource]
-    has_merged: bool
 
 
 # --------------------------------------------------------------------------------------------
@@ -461,6 +334,11 @@ def escape_markdown(text: str) -> str:
     return _MD_SPECIAL.sub(r"\\\1", text)
 
 
+def _one_line(text: str) -> str:
+    """`text` on one line: control characters and line breaks become single spaces."""
+    return " ".join(_CONTROL.sub(" ", text).split())
+
+
 def inline_code(value: Any) -> Markup:
     """`value` as inline code, with a backtick run longer than any inside it."""
     text = _one_line(str(value))
@@ -663,47 +541,6 @@ def eval_results(scores: Scores, task_type: str) -> list[EvalResult]:
             )
         )
     return results
-
-
-def score_table(scores: Scores) -> ScoreTable:
-    """The scores section's table: formatted cells, best marked, the merge's delta."""
-    columns = scores.models()
-    rows = []
-    for row in scores.rows():
-        compared = sum(cell is not None for cell in row.cells.values()) > 1
-        cells = [_cell(row.cells.get(m), compared and m in row.best) for m in columns]
-        first = next(s for s in row.cells.values() if s is not None)
-        rows.append(
-            ScoreTableRow(
-                benchmark=row.benchmark,
-                metric=row.metric,
-                n_shot=str(first.n_shot) if first.n_shot is not None else "—",
-                cells=cells,
-                delta=f"{row.delta:+g}" if row.delta is not None else "—",
-            )
-        )
-    sources = {(s.model, s.source): s.source_url for s in scores.items}
-    return ScoreTable(
-        columns=columns,
-        rows=rows,
-        sources=[ScoreSource(m, src, _safe_url(url)) for (m, src), url in sources.items()],
-        has_merged=scores.merged in columns,
-    )
-
-
-def _cell(score: Any, best: bool) -> ScoreCell:
-    if score is None:
-        return ScoreCell("—", False)
-    text = f"{score.value:g}"
-    if score.stderr is not None:
-        text += f" ± {score.stderr:g}"
-    return ScoreCell(text, best)
-
-
-def _safe_url(url: str | None) -> Markup | None:
-    if url is None or not url.startswith(HUB_URL + "/"):
-        return None
-    return Markup(quote(url, safe=":/@"))
 
 
 def compare_locks(previous: Lock | None, lock: Lock) -> Changelog:

@@ -165,8 +165,9 @@ def _finish(
     token: str | None,
 ) -> None:
     """Scores, then the card, then the final lock (whose outputs cover the card)."""
-    from pearl_bot.card import fetch_upstream_cards, render_card
+    from pearl_bot.card import render_card
     from pearl_bot.scores import collect_scores
+    from pearl_bot.upstream_cards import fetch_upstream_cards
 
     with _step(report, "scores"):
         cards = fetch_upstream_cards(lock, token=token)

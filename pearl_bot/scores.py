@@ -6,7 +6,7 @@ Three sources, all declared in the recipe's `scores:` section:
   `configs`), paths or globs relative to the recipe file; each task's main metric is kept with
   its stderr;
 - `parents: true`: each upstream's published scores, read from the `model-index` of its card
-  (see `pearl_bot.card.fetch_upstream_cards`);
+  (see `pearl_bot.upstream_cards.fetch_upstream_cards`);
 - `command`: an evaluation command run after the merge, with `{model_dir}` and `{results_dir}`
   substituted, whose lm-eval-format JSON output is ingested.
 
@@ -32,8 +32,8 @@ from pearl_bot.errors import CardError
 if TYPE_CHECKING:
     from huggingface_hub import EvalResult
 
-    from pearl_bot.card import UpstreamCard
     from pearl_bot.recipe import Recipe
+    from pearl_bot.upstream_cards import UpstreamCard
 
 logger = logging.getLogger(__name__)
 
@@ -375,10 +375,21 @@ def _card_score(card: UpstreamCard, result: EvalResult) -> Score | None:
 def card_benchmark(result: EvalResult) -> str:
     """The lm-eval task a card's result is about (the Leaderboard names datasets instead)."""
     dataset = str(result.dataset_type).rsplit("/", 1)[-1].lower()
-    config = str(result.dataset_config or "").lower()
-    if dataset == "ai2_arc" and config != "arc-challenge":
+    if dataset == "ai2_arc" and _is_arc_easy(result):
         return "arc_easy"
     return _CARD_DATASET_TASKS.get(dataset, str(result.dataset_name))
+
+
+def _is_arc_easy(result: EvalResult) -> bool:
+    """Whether an `ai2_arc` result is about ARC-Easy: its config says so, else its name does.
+
+    The Leaderboard writes `config: ARC-Challenge` under the name "AI2 Reasoning Challenge
+    (25-Shot)" and never reported ARC-Easy, so a result that does not say "easy" is Challenge.
+    """
+    config = str(result.dataset_config or "").strip().lower()
+    if config in ("arc-easy", "arc-challenge"):
+        return config == "arc-easy"
+    return "easy" in str(result.dataset_name or "").lower()
 
 
 def _as_float(value: Any) -> float | None:

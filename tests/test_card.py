@@ -161,7 +161,7 @@ def test_broken_model_index_and_missing_card_are_tolerated_with_a_warning(
     recipe = copy_recipe(tmp_path)
     lock = publish_upstreams(local_hub, recipe, PEARL_UPSTREAM_CARDS)
 
-    with caplog.at_level(logging.WARNING, logger="pearl_bot.card"):
+    with caplog.at_level(logging.WARNING, logger="pearl_bot.upstream_cards"):
         cards = fetch_upstream_cards(lock)
 
     wizard = cards["WizardLM/WizardMath-7B-V1.1"]

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pearl_bot.card import parse_upstream_card
 from pearl_bot.errors import CardError
 from pearl_bot.recipe import parse_recipe
 from pearl_bot.scores import (
@@ -23,6 +22,7 @@ from pearl_bot.scores import (
     read_lm_eval,
 )
 from pearl_bot.testing.models import TinyConfig, build_family
+from pearl_bot.upstream_cards import parse_upstream_card
 
 DATA = Path(__file__).parent / "data" / "scores"
 RESULTS = DATA / "lm_eval_results.json"
@@ -188,6 +188,26 @@ def test_parents_scores_are_ignored_unless_asked_for(tmp_path: Path) -> None:
     )
 
     assert scores.items == ()
+
+
+@pytest.mark.parametrize(
+    ("dataset", "task"),
+    [
+        # The Leaderboard's shape without its config: the name says Challenge.
+        ("{name: AI2 Reasoning Challenge (25-Shot), type: ai2_arc}", "arc_challenge"),
+        ("{name: ARC-Easy, type: allenai/ai2_arc}", "arc_easy"),
+        ("{name: ARC, type: ai2_arc, config: ARC-Easy}", "arc_easy"),
+        ("{name: ARC, type: ai2_arc, config: ARC-Challenge}", "arc_challenge"),
+    ],
+)
+def test_an_ai2_arc_result_is_arc_challenge_unless_it_says_easy(dataset: str, task: str) -> None:
+    text = (
+        "---\nmodel-index:\n- name: org/a\n  results:\n  - task: {type: text-generation}\n"
+        f"    dataset: {dataset}\n    metrics:\n    - {{type: acc_norm, value: 60.5}}\n---\n"
+    )
+    card = parse_upstream_card(text, key="org/a", repo_id="org/a", revision="a" * 40)
+
+    assert [s.benchmark for s in card_scores(card)] == [task]
 
 
 def test_numpy_values_become_plain_floats() -> None:
