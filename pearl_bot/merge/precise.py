@@ -88,20 +88,24 @@ def select_threshold(magnitudes: torch.Tensor, k: int) -> TrimCut:
 def _bracket_select(magnitudes: torch.Tensor, k: int) -> TrimCut | None:
     flat = magnitudes.reshape(-1)
     n = flat.numel()
-    sample = flat[:: n // _SAMPLE].sort(descending=True).values
+    sample = flat[:: n // _SAMPLE]
     size = sample.numel()
-    position = k / n * size
+    rank = size - k / n * size  # ascending rank of the k-th largest within the sample
     margin = 4 * math.sqrt(size * (k / n) * (1 - k / n)) + 8
-    high = float(sample[max(0, int(position - margin))])
-    low = float(sample[min(size - 1, int(position + margin))])
+    high = _kth_smallest(sample, min(size, int(rank + margin) + 1))
+    low = _kth_smallest(sample, max(1, int(rank - margin)))
     above = int((flat > high).sum())
     if above >= k:
         return None
-    band = flat[(flat >= low) & (flat <= high)]
+    band = flat[flat.clamp(low, high) == flat]  # low <= x <= high in two passes
     if above + band.numel() < k:
         return None
-    value = float(band.sort(descending=True).values[k - above - 1])
+    value = _kth_smallest(band, band.numel() - (k - above) + 1)
     return TrimCut(value=value, ties=k - above - int((band > value).sum()))
+
+
+def _kth_smallest(values: torch.Tensor, k: int) -> float:
+    return float(torch.kthvalue(values.cpu(), k).values)
 
 
 class Trimmer:
