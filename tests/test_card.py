@@ -652,6 +652,18 @@ def test_card_command_with_a_bad_lock_fails_cleanly(
 # --------------------------------------------------------------------------------------------
 
 
+EXAMPLE_NOTE = (
+    "> **Example only.** Rendered by pearl-bot's test suite from stand-in data: the revisions,\n"
+    "> licenses and scores below are illustrative, not those of the real model.\n"
+)
+
+
+def with_example_note(card: str) -> str:
+    """The card with a note, right after its metadata header, that its data is made up."""
+    end = card.index("\n---\n", 4) + len("\n---\n")
+    return f"{card[:end]}\n{EXAMPLE_NOTE}{card[end:]}"
+
+
 def test_example_card(pearl_release: tuple[Recipe, Lock, dict[str, Any]]) -> None:
     """examples/README.example.md: rendered from stand-in data; PEARL_BOT_WRITE_EXAMPLE=1
     rewrites it."""
@@ -663,9 +675,10 @@ def test_example_card(pearl_release: tuple[Recipe, Lock, dict[str, Any]]) -> Non
     text = render_pearl(recipe, lock, cards, previous=previous)
     example = EXAMPLES / "README.example.md"
     if os.environ.get("PEARL_BOT_WRITE_EXAMPLE"):
-        example.write_text(text, encoding="utf-8")
+        example.write_text(with_example_note(text), encoding="utf-8")
 
     committed = example.read_text(encoding="utf-8")
+    assert EXAMPLE_NOTE in committed, "readers are told the example's numbers are made up"
     meta = header(committed)
     assert meta["base_model"] == header(text)["base_model"]
     assert [m.group(0) for m in re.finditer(r"^## .*$", committed, re.M)] == [
