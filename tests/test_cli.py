@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -63,3 +65,37 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
         main(["merge", "recipe.yml"])
     assert info.value.code == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_hf_cli_runs_pearl_as_an_extension(tmp_path: Path) -> None:
+    """`hf pearl ...` runs our `hf-pearl` script once it is registered as an hf CLI extension
+    (what `hf extensions install OWNER/hf-pearl` writes), with no network involved."""
+    from huggingface_hub.cli.extensions import MANIFEST_FILENAME
+
+    script = Path(sys.executable).parent / "hf-pearl"
+    assert script.is_file(), "the hf-pearl console script is installed beside python"
+    manifest = {
+        "owner": "pearl-bot",
+        "repo": "hf-pearl",
+        "repo_id": "pearl-bot/hf-pearl",
+        "short_name": "pearl",
+        "executable_path": str(script),
+        "type": "python",
+        "installed_at": "2026-12-01T00:00:00+00:00",
+    }
+    folder = tmp_path / ".local" / "share" / "hf" / "extensions" / "hf-pearl"
+    folder.mkdir(parents=True)
+    (folder / MANIFEST_FILENAME).write_text(json.dumps(manifest))
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+
+    hf = [sys.executable, "-m", "huggingface_hub.cli.hf"]
+    out = subprocess.run([*hf, "pearl", "--help"], env=env, capture_output=True, text=True)
+
+    assert out.returncode == 0, out.stderr
+    assert "usage: pearl-bot" in out.stdout and "demo" in out.stdout
