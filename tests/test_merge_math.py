@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from pearl_bot.errors import MergeError
 from pearl_bot.merge import merge_recipe, parse_size
-from pearl_bot.merge.compat import sort_keys, trim_batched
+from pearl_bot.merge.compat import agreement_divisor, sort_keys, trim_batched
 from pearl_bot.merge.params import Scope, evaluate, gradient_t, resolve, resolve_tensor
 from pearl_bot.merge.precise import (
     Accumulator,
@@ -100,6 +100,33 @@ def test_integer_keys_and_batched_argsort_give_mergekit_permutation() -> None:
     )
     trim_batched(deltas, [0.5, 0.5], rows=2)
     assert torch.equal(deltas.view(torch.int16), expected.view(torch.int16))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_trim_matches_a_float32_key_scatter_for_each_working_dtype(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(2)
+    base = torch.randn(3, 300_000, generator=gen).to(dtype)
+    deltas = (base + torch.randn(3, 300_000, generator=gen) * 0.002).to(dtype) - base
+    expected = deltas.clone()
+    for row, density in enumerate([0.6, 0.5, 0.4]):
+        order = torch.argsort(expected[row].abs().float(), descending=True)
+        mask = torch.zeros(300_000, dtype=dtype)
+        mask[order[: int(density * 300_000)]] = 1
+        expected[row] = expected[row] * mask
+    trim_batched(deltas, [0.6, 0.5, 0.4], rows=2)
+    # Bit patterns, so the -0.0 of trimmed negative deltas must match too.
+    key = torch.int32 if dtype == torch.float32 else torch.int16
+    assert torch.equal(deltas.view(key), expected.view(key))
+
+
+def test_agreement_divisor_table_matches_the_direct_sum() -> None:
+    gen = torch.Generator().manual_seed(3)
+    for count in (1, 3, 4, 9):
+        agree = torch.rand(count, 7, 5, generator=gen) > 0.5
+        w = torch.rand(count, generator=gen).bfloat16().reshape(-1, 1, 1)
+        direct = (w * agree).sum(dim=0)
+        direct[direct == 0] = 1
+        assert torch.equal(agreement_divisor(w, agree).view(torch.int16), direct.view(torch.int16))
 
 
 def test_gradients_interpolate_per_layer_and_filters_pick_the_first_match() -> None:

@@ -18,6 +18,7 @@ from pearl_bot.merge.precise import GtaOptions, keep_count
 
 #: mergekit's SLERP bounds its float32 scratch to chunks of this many elements.
 SLERP_CHUNK = 1024 * 1024
+_MAX_TABLE_MODELS = 8
 _INT_KEYS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
 
 
@@ -38,12 +39,30 @@ def trim_batched(deltas: torch.Tensor, densities: Sequence[float], rows: int) ->
             flat[k].zero_()
     todo = [k for k, d in enumerate(densities) if 0 < d < 1 and n > 0]
     for group in (todo[i : i + rows] for i in range(0, len(todo), rows)):
-        order = torch.argsort(sort_keys(flat[group].abs()), dim=1, descending=True)
+        keys = sort_keys(flat[group].abs())
+        order = torch.argsort(keys, dim=1, descending=True)
         for row, k in enumerate(group):
-            mask = torch.zeros(n, dtype=flat.dtype)
-            mask[order[row, : keep_count(densities[k], n)]] = 1
-            flat[k] = flat[k] * mask
-        del order
+            kept = first_k_mask(keys[row], order[row], keep_count(densities[k], n))
+            # Multiplying (not masked_fill) keeps mergekit's -0.0 for trimmed negative deltas.
+            flat[k].mul_(kept.to(flat.dtype))
+        del keys, order
+
+
+def first_k_mask(keys: torch.Tensor, order: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the elements at `order[:k]`, `order` a descending argsort of `keys`.
+
+    For integer keys the elements above the k-th key are found by one comparison, and only the
+    ones equal to it (the tie positions the sort decided) are scattered, which is much cheaper
+    than scattering all k. Float keys scatter all k, as their NaNs sort first but compare false.
+    """
+    if keys.is_floating_point():
+        mask = torch.zeros(keys.shape, dtype=torch.bool)
+        mask[order[:k]] = True
+        return mask
+    mask = keys > keys[order[k - 1]]
+    above = int(mask.sum())
+    mask[order[above:k]] = True
+    return mask
 
 
 def drop_random(
@@ -111,9 +130,26 @@ def _combine(
     agree = signs == majority
     del signs
     mixed = (deltas * agree).sum(dim=0)
-    divisor = (w * agree).sum(dim=0)
-    divisor[divisor == 0] = 1
-    return mixed, divisor
+    return mixed, agreement_divisor(w, agree)
+
+
+def agreement_divisor(w: torch.Tensor, agree: torch.Tensor) -> torch.Tensor:
+    """sum_i agree_i * w_i (0 replaced by 1), looked up by agreement pattern for N <= 8.
+
+    The table entries are computed by the same dtype and reduction as the direct sum, so the
+    values are the same bits; the lookup replaces an [N, n] multiply and sum.
+    """
+    count = agree.shape[0]
+    if count > _MAX_TABLE_MODELS:
+        divisor = (w * agree).sum(dim=0)
+        divisor[divisor == 0] = 1
+        return divisor
+    bits = torch.arange(count, dtype=torch.uint8).reshape(-1, *([1] * (agree.dim() - 1)))
+    code = (agree.view(torch.uint8) << bits).sum(dim=0, dtype=torch.uint8)
+    patterns = (torch.arange(2**count) >> torch.arange(count).unsqueeze(1)) & 1
+    table = (w.reshape(count, 1) * patterns.bool()).sum(dim=0)
+    table[table == 0] = 1
+    return table[code.reshape(-1).int()].reshape(code.shape)
 
 
 def merge_linear(
