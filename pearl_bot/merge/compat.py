@@ -96,7 +96,7 @@ def merge_gta(
         return base
     deltas = base.new_empty((len(tensors), *base.shape))
     for k, tensor in enumerate(tensors):
-        deltas[k] = tensor - base
+        torch.sub(tensor, base, out=deltas[k])
     if options.sparsify == "magnitude":
         trim_batched(deltas, densities, max(1, torch.get_num_threads()))
     elif options.sparsify == "random":
