@@ -146,24 +146,27 @@ def render_card(
 
 
 def render_card_file(
-    recipe: Recipe, out: Path, *, lock_path: Path | None, score_files: list[str]
-) -> Path:
-    """Render the card without merging and write it to `out` atomically.
+    recipe: Recipe, out: Path | None, *, lock_path: Path | None, score_files: list[str]
+) -> str:
+    """Render the card without merging; write it to `out` atomically when given.
 
     Without a lock nothing is resolved over the network: the lineage shows the references as
     written, marked unreleased. With a lock, upstream cards are read at the locked revisions.
+    Returns the card's text.
     """
     lock = _read_lock(lock_path) if lock_path is not None else None
     cards = fetch_upstream_cards(lock) if lock is not None else {}
+    work_dir = out.parent if out is not None else Path.cwd()
     scores = collect_scores(
-        recipe, model_dir=None, upstream_cards=cards, work_dir=out.parent, extra_files=score_files
+        recipe, model_dir=None, upstream_cards=cards, work_dir=work_dir, extra_files=score_files
     )
     changelog = Changelog(status="unknown" if lock is not None else "unreleased")
     repo_id = recipe.publish.repo_id if recipe.publish is not None else None
     text = _render(recipe, lock, changelog, scores, repo_id, cards)
-    write_atomically(out, text)
-    logger.info("card written to %s", out)
-    return out
+    if out is not None:
+        write_atomically(out, text)
+        logger.info("card written to %s", out)
+    return text
 
 
 def _read_lock(path: Path) -> Lock:

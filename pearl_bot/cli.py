@@ -132,7 +132,7 @@ def _add_card(sub: Any) -> None:
     p.add_argument(
         "--scores", action="append", default=[], help="lm-eval result JSON (repeatable, globs)"
     )
-    p.add_argument("--out", type=Path, default=Path("README.md"), help="where to write the card")
+    p.add_argument("--out", type=Path, help="write the card to this file (default: print it)")
 
 
 def _add_publish(sub: Any) -> None:
@@ -217,10 +217,10 @@ def _card(args: argparse.Namespace) -> int:
     from pearl_bot.card import render_card_file
     from pearl_bot.recipe import load_recipe
 
-    path = render_card_file(
+    text = render_card_file(
         load_recipe(args.recipe), args.out, lock_path=args.lock, score_files=args.scores
     )
-    print(f"wrote {path}")
+    print(f"wrote {args.out}" if args.out is not None else text, end="\n" if args.out else "")
     return 0
 
 

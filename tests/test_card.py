@@ -529,8 +529,10 @@ def _with_template(tmp_path: Path, template: str, extra: str = "") -> Recipe:
 
 
 def _render_unreleased(recipe: Recipe, tmp_path: Path) -> str:
-    out = render_card_file(recipe, tmp_path / "out" / "README.md", lock_path=None, score_files=[])
-    return out.read_text(encoding="utf-8")
+    out = tmp_path / "out" / "README.md"
+    text = render_card_file(recipe, out, lock_path=None, score_files=[])
+    assert out.read_text(encoding="utf-8") == text
+    return text
 
 
 def test_an_undefined_template_variable_fails_with_its_name_and_the_template(
@@ -684,3 +686,17 @@ def test_example_card(pearl_release: tuple[Recipe, Lock, dict[str, Any]]) -> Non
     assert [m.group(0) for m in re.finditer(r"^## .*$", committed, re.M)] == [
         m.group(0) for m in re.finditer(r"^## .*$", text, re.M)
     ]
+
+
+def test_card_command_prints_the_card_without_out_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = copy_recipe(tmp_path)
+    (tmp_path / "README.md").write_text("the user's own README\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+
+    assert cli_main(["card", str(recipe.path)]) == 0
+
+    printed = capsys.readouterr().out
+    assert printed.startswith("---\n") and "**Unreleased.**" in printed
+    assert (tmp_path / "README.md").read_text(encoding="utf-8") == "the user's own README\n"
