@@ -88,9 +88,13 @@ def parse_model_ref(value: Any, *, base_dir: Path | None = None) -> ModelRef:
     value = value.strip()
     if "+" in value and not _looks_like_path(value, base_dir):
         raise ValueError(f"LoRA references ({value!r}) are not supported yet; merge the LoRA first")
-    name, _, revision = value.partition("@")
     if _looks_like_path(value, base_dir):
         return _ref_from_parts(value, value, None, base_dir)
+    name, at, revision = value.partition("@")
+    if at and not revision.strip():
+        raise ValueError(
+            f"{value!r} names no revision after '@'; write 'org/name@<branch|tag|sha>'"
+        )
     return _ref_from_parts(value, name, revision or None, base_dir)
 
 
@@ -108,6 +112,8 @@ def _ref_from_parts(key: str, name: str, revision: str | None, base_dir: Path | 
         path = Path(name).expanduser()
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
+        if not path.is_dir():
+            raise ValueError(f"local folder {name!r} does not exist (looked for {path})")
         return ModelRef(key=key, path=path.resolve(), revision=None)
     if not is_repo_id(name):
         raise ValueError(
@@ -377,8 +383,11 @@ def _load_yaml(text: str, path: Path | None) -> dict[str, Any]:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else None
-        raise RecipeError(f"not valid YAML ({err})", path=path, field=where) from None
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else None
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context = getattr(err, "context", None)
+        message = f"not valid YAML: {problem}" + (f" ({context})" if context else "")
+        raise RecipeError(message, path=path, field=where) from None
     if not isinstance(raw, dict):
         kind = "empty" if raw is None else f"a {type(raw).__name__}"
         raise RecipeError(

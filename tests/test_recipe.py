@@ -53,7 +53,9 @@ def test_at_least_three_real_world_shapes_are_bundled() -> None:
     assert {"ties", "dare_ties", "slerp"} <= methods
 
 
-@pytest.mark.skipif(not SEED.is_dir(), reason="shared seed folder is beside the checkout only")
+@pytest.mark.skipif(
+    not SEED.is_dir(), reason="needs ../shared/seed, the team's seed recipes beside the checkout"
+)
 @pytest.mark.parametrize("name", ["pearl-7b-0210-ties.yml", "pearl-7b-slerp.yml"])
 def test_seed_recipes_are_taken_verbatim(name: str) -> None:
     recipe = load_recipe(SEED / name)
@@ -167,6 +169,16 @@ MALFORMED = {
         "spans 16 layers but sources[0] spans 32",
     ),
     "non-mapping YAML": ("- just\n- a list\n", None, "must be a YAML mapping"),
+    "missing local folder": (
+        TIES.replace("model: org/a\n", "model: ./no-such-folder\n"),
+        "models[1].model",
+        "local folder './no-such-folder' does not exist",
+    ),
+    "empty revision": (
+        TIES.replace("model: org/a\n", "model: org/a@\n"),
+        "models[1].model",
+        "names no revision after '@'",
+    ),
     "unknown parameter (typo)": (
         TIES.replace("normalize: true", "lamda: 0.85"),
         "parameters.lamda",
