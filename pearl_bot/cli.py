@@ -40,13 +40,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except PearlBotError as err:
-        if os.environ.get(DEBUG_ENV):
-            traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
+        _report_error(args, str(err))
+        return 1
+    except OSError as err:
+        # Network, disk and offline-mode failures (huggingface_hub's errors are OSErrors too)
+        # that no step turned into a PearlBotError: still one line, not a traceback.
+        _report_error(args, f"{type(err).__name__}: {err}".splitlines()[0])
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _report_error(args: argparse.Namespace, message: str) -> None:
+    """One line on stderr (and a JSON object on stdout under --json); the traceback on demand."""
+    if os.environ.get(DEBUG_ENV):
+        traceback.print_exc()
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": False, "error": message}, indent=2))
+    print(f"error: {message}", file=sys.stderr)
 
 
 def configure_logging(verbosity: int) -> None:
@@ -57,8 +69,9 @@ def configure_logging(verbosity: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    invoked_as = Path(sys.argv[0]).name
     parser = argparse.ArgumentParser(
-        prog="pearl-bot",
+        prog="hf pearl" if invoked_as.startswith("hf-pearl") else "pearl-bot",
         description=(
             "Keep a merged model on the Hugging Face Hub up to date: watch the upstream models "
             "of a merge recipe, rerun the merge when one moves, render the card, publish."
@@ -155,8 +168,16 @@ def _add_run(sub: Any) -> None:
     p.add_argument("recipe", type=Path, help="the recipe file (YAML)")
     p.add_argument("--force", action="store_true", help="rebuild even if nothing moved")
     pr = p.add_mutually_exclusive_group()
-    pr.add_argument("--create-pr", dest="create_pr", action="store_true", default=None)
-    pr.add_argument("--no-create-pr", dest="create_pr", action="store_false")
+    pr.add_argument(
+        "--create-pr",
+        dest="create_pr",
+        action="store_true",
+        default=None,
+        help="release as a Hub pull request (default: the recipe's publish.create_pr)",
+    )
+    pr.add_argument(
+        "--no-create-pr", dest="create_pr", action="store_false", help="commit to the branch"
+    )
     p.add_argument("--dry-run", action="store_true", help="everything but the publish")
     p.add_argument("--out", type=Path, help="keep the built model in this folder")
     p.add_argument("--json", action="store_true", help="print the run report as JSON")
@@ -196,9 +217,13 @@ def _check(args: argparse.Namespace) -> int:
 def _merge(args: argparse.Namespace) -> int:
     from pearl_bot.download import fetch_models
     from pearl_bot.merge import merge_recipe, parse_size
+    from pearl_bot.merge.writer import check_out_dir
     from pearl_bot.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
+    # Cheap checks first, so a bad flag never costs a download.
+    check_out_dir(args.out)
+    shard_size = parse_size(args.shard_size) if args.shard_size else None
     model_dirs = fetch_models(recipe, lock_path=args.lock, allow_pickle=args.allow_pickle)
     result = merge_recipe(
         recipe,
@@ -206,7 +231,7 @@ def _merge(args: argparse.Namespace) -> int:
         model_dirs=model_dirs,
         numerics=args.numerics,
         device=args.device,
-        shard_size=parse_size(args.shard_size) if args.shard_size else None,
+        shard_size=shard_size,
         allow_pickle=args.allow_pickle,
     )
     print(result.summary())

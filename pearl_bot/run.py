@@ -59,13 +59,21 @@ def run(
     try:
         _run_steps(recipe, report, work, force, create_pr, dry_run, out_dir, token)
     except PearlBotError as err:
-        report.status = "failed"
-        report.error = err.message
-        report.hint = err.hint
-        logger.info("%s failed: %s", report.failed_step or err.step, err)
+        _fail(report, err.message, err.hint)
+    except OSError as err:
+        # A network, disk or offline-mode failure that no step turned into a PearlBotError.
+        message = f"{type(err).__name__}: {err}".splitlines()[0]
+        _fail(report, message, "nothing was published; check the network and disk, then rerun")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _fail(report: RunReport, message: str, hint: str | None) -> None:
+    report.status = "failed"
+    report.error = message
+    report.hint = hint
+    logger.info("%s failed: %s", report.failed_step, message)
 
 
 def _run_steps(

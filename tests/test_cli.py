@@ -98,4 +98,61 @@ def test_hf_cli_runs_pearl_as_an_extension(tmp_path: Path) -> None:
     out = subprocess.run([*hf, "pearl", "--help"], env=env, capture_output=True, text=True)
 
     assert out.returncode == 0, out.stderr
-    assert "usage: pearl-bot" in out.stdout and "demo" in out.stdout
+    assert "usage: hf pearl" in out.stdout and "demo" in out.stdout
+
+
+def test_json_errors_are_json_on_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "recipe.yml"
+    recipe.write_text("models: []\nmerge_method: ties\n")
+
+    assert main(["check", str(recipe), "--json"]) == 1
+
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"ok": False, "error": json.loads(out)["error"]}
+    assert "models: must list at least one model" in json.loads(out)["error"]
+    assert err.startswith("error: ")
+
+
+def test_offline_mode_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    recipe = tmp_path / "recipe.yml"
+    recipe.write_text(
+        "models:\n  - model: org/a\n    parameters: {weight: 1}\nmerge_method: linear\n"
+    )
+
+    assert main(["check", str(recipe)]) == 1
+
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "offline" in err.lower()
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_merge_refuses_a_used_out_folder_before_any_download(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = tmp_path / "recipe.yml"
+    recipe.write_text(
+        "models:\n  - model: org/a\n    parameters: {weight: 1}\nmerge_method: linear\n"
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+
+    assert main(["merge", str(recipe), "--out", str(out)]) == 1
+
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_hf_pearl_names_itself_hf_pearl(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pearl_bot.cli import build_parser
+
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/hf-pearl"])
+    assert build_parser().prog == "hf pearl"
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/pearl-bot"])
+    assert build_parser().prog == "pearl-bot"

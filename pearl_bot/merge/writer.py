@@ -221,16 +221,21 @@ def output_config(
     return out
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an output folder that exists with files in it: a merge never overwrites one."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise MergeError(
+            f"output folder {out_dir.resolve()} already exists and is not empty",
+            path=out_dir,
+            hint="choose a new --out folder or remove the old one",
+        )
+
+
 @contextmanager
 def staging_folder(out_dir: Path) -> Iterator[Path]:
     """A temporary sibling of `out_dir`, renamed to it on success and removed on failure."""
     out_dir = out_dir.resolve()
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise MergeError(
-            f"output folder {out_dir} already exists and is not empty",
-            path=out_dir,
-            hint="choose a new --out folder or remove the old one",
-        )
+    check_out_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
