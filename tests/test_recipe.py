@@ -86,7 +86,8 @@ def test_mergekit_part_drops_pearl_sections_and_keeps_comments() -> None:
     recipe = load_recipe(ROOT / "examples" / "pearl-7b-0210-ties.yml")
     text = recipe.mergekit_yaml()
     assert "publish:" not in text and "repo_id" not in text and "card:" not in text
-    assert text.startswith("# The recipe behind the seed model")
+    assert text.startswith("# Pearl-7B-0210-ties: a TIES merge")
+    assert "sections start here" not in text
     assert yaml.safe_load(text) == recipe.mergekit_config()
 
 
