@@ -224,6 +224,8 @@ def _where_to_look(workdir: Path) -> None:
     _say(f"  its model card:              {workdir / 'run-2' / 'README.md'}")
     _say(f"  the lock it publishes:       {workdir / 'run-2' / 'pearl.lock.json'}")
     _say(f"  the local Hub's storage:     {workdir / 'hub'}")
+    _say("the commit and PR links above served from the local Hub, which stops with the demo;")
+    _say("pass --workdir DIR to keep the files somewhere of your choosing")
 
 
 def _say(message: str) -> None:
