@@ -31,6 +31,7 @@ from pearl_bot.hub_retry import retry_hub_call
 from pearl_bot.lock import Lock, LockedFile, LockedUpstream
 from pearl_bot.recipe import ModelRef, Recipe
 from pearl_bot.upstream import (
+    META_FILES,
     content_revision,
     file_sha256,
     local_files,
@@ -41,21 +42,6 @@ from pearl_bot.upstream import (
 
 logger = logging.getLogger(__name__)
 
-#: Non-weight files a merge reads when present; config.json is required.
-META_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 

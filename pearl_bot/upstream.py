@@ -42,13 +42,8 @@ Role = Literal["base", "model"]
 
 FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 
-#: Files a merge reads from a model folder (weights, config, tokenizer); the local content hash
-#: covers exactly these, and the downloader picks its files among them.
-MODEL_FILE_PATTERNS = (
-    "*.safetensors",
-    "*.safetensors.index.json",
-    "pytorch_model*.bin",
-    "pytorch_model*.bin.index.json",
+#: Non-weight files a merge reads when present; config.json is required.
+META_FILES = (
     "config.json",
     "generation_config.json",
     "tokenizer.json",
@@ -61,6 +56,15 @@ MODEL_FILE_PATTERNS = (
     "merges.txt",
     "chat_template.jinja",
     "chat_template.json",
+)
+#: Files a merge reads from a model folder (weights, config, tokenizer); the local content hash
+#: covers exactly these, and the downloader picks its files among them.
+MODEL_FILE_PATTERNS = (
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model*.bin.index.json",
+    *META_FILES,
 )
 
 
