@@ -102,7 +102,8 @@ def _run_steps(
     build_dir = _build_dir(out_dir, work, dry_run)
     previous = published.lock if published is not None else None
     lock = _merge(recipe, report, build_dir, upstreams, token)
-    report.out_dir = str(build_dir)
+    if out_dir is not None or dry_run:  # otherwise it is a temporary folder, gone after the run
+        report.out_dir = str(build_dir)
     if _same_build(lock, latest):
         report.status = "no-change"
         logger.info("the rebuilt files are identical to %s: nothing to publish", latest_source)

@@ -256,3 +256,12 @@ def test_dry_run_without_out_keeps_the_built_folder(
     out = Path(report.out_dir)
     assert (out / "model.safetensors").is_file() and (out / LOCK_FILENAME).is_file()
     assert set(report.files) == {p.name for p in out.iterdir()}
+
+
+def test_a_published_run_without_out_names_no_vanished_folder(
+    local_hub: LocalHub, family: dict[str, str], recipe: Recipe
+) -> None:
+    report = run(recipe, token=BOT_TOKEN)
+
+    assert report.status == "released" and report.out_dir is None
+    assert "built in" not in report.summary()
