@@ -233,3 +233,21 @@ def _quantised_copy(base_dir: Path, model_dir: Path, out: Path) -> Path:
     rounded = {n: base[n] + torch.round((t - base[n]) / step) * step for n, t in weights.items()}
     save_file(rounded, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out
+
+
+def test_float32_sort_keys_give_the_same_bits_when_integer_keys_would_sort_differently(
+    tiny_family_bf16: dict[str, Path],
+    write_recipe: Callable[[str], Recipe],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where a torch build sorts integer keys with another algorithm than float32 keys (x86-simd
+    -sort), the engine sorts float32 keys as mergekit does; the output must not change."""
+    from pearl_bot.merge import compat
+
+    monkeypatch.setattr(compat, "sorts_like_float32", lambda key_dtype: False)
+    assert compat.sort_keys(torch.ones(4, dtype=torch.bfloat16)).dtype == torch.float32
+
+    recipe = write_recipe(ties_recipe(tiny_family_bf16, "bfloat16"))
+    theirs = run_mergekit(recipe, tmp_path / "mk")
+    assert_bit_identical(run_ours(recipe, tmp_path / "ours", "mergekit"), theirs)

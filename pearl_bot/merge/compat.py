@@ -10,6 +10,7 @@ like mergekit, including SLERP's chunked norms.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -23,11 +24,28 @@ _INT_KEYS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.floa
 
 
 def sort_keys(magnitudes: torch.Tensor) -> torch.Tensor:
-    """Integer keys ordered like the (non-negative) magnitudes; float32 for other dtypes."""
+    """Integer keys ordered like the (non-negative) magnitudes; float32 for other dtypes, and
+    whenever this torch build would not sort the integer key the way it sorts mergekit's."""
     key_dtype = _INT_KEYS.get(magnitudes.dtype)
-    if key_dtype is None:
+    if key_dtype is None or not sorts_like_float32(key_dtype):
         return magnitudes.float()
     return magnitudes.view(key_dtype)
+
+
+@functools.cache
+def sorts_like_float32(key_dtype: torch.dtype) -> bool:
+    """Whether torch's descending argsort orders tied `key_dtype` keys as it orders float32.
+
+    On the CPU both go through libstdc++'s std::sort, so ties fall the same way and the faster
+    integer key gives mergekit's exact tie order. Builds with x86-simd-sort send some dtypes
+    (int32, float32) through a vectorised sort instead, whose tie order differs; there the
+    engine sorts float32 keys like mergekit does. Probed once on a tie-heavy array.
+    """
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randint(0, 50, (2, 1 << 17), generator=generator).to(key_dtype)
+    by_int = torch.argsort(probe, dim=1, descending=True)
+    by_float = torch.argsort(probe.float(), dim=1, descending=True)
+    return bool(torch.equal(by_int, by_float))
 
 
 def trim_batched(deltas: torch.Tensor, densities: Sequence[float], rows: int) -> None:
