@@ -4,17 +4,22 @@ Whole tensors are processed in the recipe's working dtype (`dtype`, else the pro
 dtype). The trim takes the first k indices of a descending argsort of |delta|. mergekit sorts
 one model at a time on a float32 key; here every model's key of a tensor is sorted in one
 batched argsort (its rows run in parallel) on the integer bit pattern of |delta|, which orders
-exactly like the magnitude and gives the same permutation. Linear and SLERP upcast to float32
-like mergekit, including SLERP's chunked norms.
+exactly like the magnitude and gives the same permutation. Where the C helper of
+`pearl_bot.merge.topk` builds, integer keys skip the sort: it replays only the introsort
+partitions that hold position k, which yields the same first-k set in O(n). Linear and SLERP
+upcast to float32 like mergekit, including SLERP's chunked norms.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from pearl_bot.merge import topk
 from pearl_bot.merge.precise import GtaOptions, keep_count
 
 #: mergekit's SLERP bounds its float32 scratch to chunks of this many elements.
@@ -58,12 +63,29 @@ def trim_batched(deltas: torch.Tensor, densities: Sequence[float], rows: int) ->
     todo = [k for k, d in enumerate(densities) if 0 < d < 1 and n > 0]
     for group in (todo[i : i + rows] for i in range(0, len(todo), rows)):
         keys = sort_keys(flat[group].abs())
-        order = torch.argsort(keys, dim=1, descending=True)
+        counts = [keep_count(densities[k], n) for k in group]
+        masks = _introsort_masks(keys, counts)
+        missing = [row for row, mask in enumerate(masks) if mask is None]
+        if missing:
+            order = torch.argsort(keys[missing], dim=1, descending=True)
+            for i, row in enumerate(missing):
+                masks[row] = first_k_mask(keys[row], order[i], counts[row])
+            del order
         for row, k in enumerate(group):
-            kept = first_k_mask(keys[row], order[row], keep_count(densities[k], n))
+            kept = masks[row]
+            assert kept is not None
             # Multiplying (not masked_fill) keeps mergekit's -0.0 for trimmed negative deltas.
             flat[k].mul_(kept.to(flat.dtype))
-        del keys, order
+        del keys, masks
+
+
+def _introsort_masks(keys: torch.Tensor, counts: list[int]) -> list[torch.Tensor | None]:
+    """Each row's first-k mask from the C introsort replica (rows in threads, as ctypes frees
+    the GIL); None for rows it cannot answer: float keys, no compiler, a heapsort on the path."""
+    if keys.is_floating_point() or not topk.available():
+        return [None] * len(counts)
+    with ThreadPoolExecutor(max_workers=min(len(counts), os.cpu_count() or 1)) as pool:
+        return list(pool.map(topk.topk_mask, keys, counts))
 
 
 def first_k_mask(keys: torch.Tensor, order: torch.Tensor, k: int) -> torch.Tensor:
