@@ -31,6 +31,8 @@ _SESSION_HOME = Path(tempfile.mkdtemp(prefix="pearl-bot-tests-hf-home-"))
 os.environ.update(
     HF_ENDPOINT=f"http://127.0.0.1:{HUB_PORT}",
     HF_HOME=str(_SESSION_HOME),
+    # Caches the engine builds (the compiled trim helper) stay inside the test session too.
+    XDG_CACHE_HOME=str(_SESSION_HOME / "xdg-cache"),
     HF_HUB_DISABLE_XET="1",
     HF_HUB_DISABLE_TELEMETRY="1",
     HF_HUB_DISABLE_IMPLICIT_TOKEN="1",
