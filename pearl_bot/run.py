@@ -108,8 +108,8 @@ def _run_steps(
         report.status = "no-change"
         logger.info("the rebuilt files are identical to %s: nothing to publish", latest_source)
         return
-    _finish(recipe, report, build_dir, lock, previous, token)
-    _publish(recipe, report, build_dir, published, create_pr, dry_run, token)
+    final = _finish(recipe, report, build_dir, work, lock, previous, token)
+    _publish(recipe, report, build_dir, final, published, create_pr, dry_run, token)
 
 
 def _build_dir(out_dir: Path | None, work: Path, dry_run: bool) -> Path:
@@ -169,20 +169,23 @@ def _finish(
     recipe: Recipe,
     report: RunReport,
     build_dir: Path,
+    work: Path,
     lock: Lock,
     previous: Lock | None,
     token: str | None,
-) -> None:
-    """Scores, then the card, then the final lock (whose outputs cover the card)."""
+) -> Lock:
+    """Scores, then the card, then the final lock (whose outputs cover the card).
+
+    An evaluation command writes its results under the run's temporary `work` folder, never
+    beside the model the user asked for.
+    """
     from pearl_bot.card import render_card
     from pearl_bot.scores import collect_scores
     from pearl_bot.upstream_cards import fetch_upstream_cards
 
     with _step(report, "scores"):
         cards = fetch_upstream_cards(lock, token=token)
-        scores = collect_scores(
-            recipe, model_dir=build_dir, upstream_cards=cards, work_dir=build_dir.parent
-        )
+        scores = collect_scores(recipe, model_dir=build_dir, upstream_cards=cards, work_dir=work)
         report.scores = scores.table()
     with _step(report, "card"):
         text = render_card(
@@ -196,12 +199,14 @@ def _finish(
         (build_dir / "README.md").write_text(text, encoding="utf-8")
         final = build_lock(recipe, lock.upstreams, numerics=lock.numerics, out_dir=build_dir)
         write_lock(final, build_dir)
+    return final
 
 
 def _publish(
     recipe: Recipe,
     report: RunReport,
     build_dir: Path,
+    lock: Lock,
     published: PublishedState | None,
     create_pr: bool | None,
     dry_run: bool,
@@ -209,7 +214,6 @@ def _publish(
 ) -> None:
     from pearl_bot.publish import commit_text, push_revision
 
-    lock = Lock.read(build_dir / LOCK_FILENAME)
     report.files = {
         p.relative_to(build_dir).as_posix(): p.stat().st_size
         for p in sorted(build_dir.rglob("*"))
