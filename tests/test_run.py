@@ -265,3 +265,31 @@ def test_a_published_run_without_out_names_no_vanished_folder(
 
     assert report.status == "released" and report.out_dir is None
     assert "built in" not in report.summary()
+
+
+def test_the_scores_command_evaluates_the_built_model_into_the_card(
+    local_hub: LocalHub, family: dict[str, str], tmp_path: Path
+) -> None:
+    """The orchestrator hands the merged folder to a real evaluation (perplexity with
+    transformers) and its numbers reach the report and the card, nothing beside --out."""
+    import json
+    import shutil
+    import sys
+
+    data = Path(__file__).parent / "data" / "scores"
+    (tmp_path / "eval").mkdir()
+    for name in ("perplexity.py", "eval_text.txt"):
+        shutil.copy(data / name, tmp_path / "eval" / name)
+    command = f"{sys.executable} eval/perplexity.py {{model_dir}} {{results_dir}}"
+    path = tmp_path / "recipe.yml"
+    path.write_text(RECIPE + f"scores:\n  command: {json.dumps(command)}\n")
+    out = tmp_path / "built" / "model"
+
+    report = run(load_recipe(path), token=BOT_TOKEN, dry_run=True, out_dir=out)
+
+    assert report.ok, report.summary()
+    assert list(report.scores["tiny_text (word_perplexity)"]) == ["org/merged"]
+    value = report.scores["tiny_text (word_perplexity)"]["org/merged"]
+    assert 0.5 * CONFIG.vocab_size < value < 1.5 * CONFIG.vocab_size, "near-uniform odds"
+    assert "tiny_text" in (out / "README.md").read_text()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model"]
