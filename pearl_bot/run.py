@@ -86,9 +86,13 @@ def _run_steps(
     out_dir: Path | None,
     token: str | None,
 ) -> None:
+    from pearl_bot.merge.writer import check_out_dir
     from pearl_bot.upstream import resolve_revisions
 
     with _step(report, "check"):
+        if out_dir is not None:
+            # Never build into (or wipe) a folder that already holds something.
+            check_out_dir(Path(out_dir))
         upstreams = resolve_revisions(recipe, token=token)
         published = _published_state(recipe, token)
         latest = published.latest_lock if published is not None else None
@@ -143,8 +147,6 @@ def _merge(
     with _step(report, "download"):
         fetched = fetch_models(recipe, upstreams=upstreams, token=token)
     with _step(report, "merge"):
-        if build_dir.exists():
-            shutil.rmtree(build_dir)
         result = merge_recipe(recipe, build_dir, model_dirs=fetched)
     return build_lock(recipe, fetched.upstreams, numerics=result.numerics, out_dir=build_dir)
 

@@ -293,3 +293,19 @@ def test_the_scores_command_evaluates_the_built_model_into_the_card(
     assert 0.5 * CONFIG.vocab_size < value < 1.5 * CONFIG.vocab_size, "near-uniform odds"
     assert "tiny_text" in (out / "README.md").read_text()
     assert sorted(p.name for p in out.parent.iterdir()) == ["model"]
+
+
+def test_run_never_builds_into_a_folder_that_holds_files(
+    local_hub: LocalHub, family: dict[str, str], recipe: Recipe, tmp_path: Path
+) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+
+    report = run(recipe, token=BOT_TOKEN, out_dir=out)
+
+    assert report.status == "failed" and report.failed_step == "check"
+    assert report.error and "already exists and is not empty" in report.error
+    assert (out / "notes.txt").read_text() == "keep me"
+    with pytest.raises(LocalHubError):
+        local_hub.head(TARGET)
